@@ -1,0 +1,101 @@
+"""Start everything: providers, the device WebSocket server and the HTTP (OTA) server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from websockets.asyncio.server import Server, serve
+
+from server.config.schema import AppConfig
+from server.services import Services, build_services
+from server.transport.auth import TokenAuth, load_or_create_secret
+from server.transport.http_server import HttpApi
+from server.transport.websocket_server import DeviceServer
+
+log = logging.getLogger("server")
+
+
+def make_auth(config: AppConfig, data_dir: Path) -> TokenAuth:
+    a = config.server.auth
+    secret = a.secret.encode() if a.secret else load_or_create_secret(data_dir / "auth_secret")
+    return TokenAuth(secret=secret, ttl_seconds=a.token_ttl_days * 86400, enabled=a.enabled,
+                     allowed_devices=frozenset(a.allowed_devices))
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def security_warnings(config: AppConfig) -> list[str]:
+    s = config.server
+    out = []
+    if not s.auth.enabled and not _is_loopback_host(s.host):
+        out.append(
+            f"AUTH IS OFF and the server listens on {s.host}: anyone who can reach ports {s.port}/{s.http_port} "
+            "can talk to it. Set server.auth.enabled: true (devices get tokens from the OTA endpoint) "
+            "or bind server.host to 127.0.0.1.")
+    return out
+
+
+@dataclass
+class RunningServer:
+    services: Services
+    ws: Server
+    http: web.AppRunner
+    ws_port: int
+    http_port: int
+
+    async def close(self) -> None:
+        self.ws.close()
+        for session in list(self.services.sessions):
+            await session.close("server shutting down")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.wait_closed(), timeout=5)
+        await self.http.cleanup()
+        await self.services.close()
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[RunningServer]:
+    t0 = time.monotonic()
+    data_dir = root_dir / config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    services = await build_services(config, root_dir)
+    auth = make_auth(config, data_dir)
+    cfg = config.server
+    devices = DeviceServer(services, auth)
+    ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,
+                     compression=None, max_size=cfg.max_message_bytes, ping_interval=None,
+                     open_timeout=10, close_timeout=2, logger=logging.getLogger("websockets"))
+    api = HttpApi(services, auth)
+    runner = web.AppRunner(api.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.http_port)
+    await site.start()
+    ws_port = next(iter(ws.sockets)).getsockname()[1]
+    http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
+    # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
+    cfg.port, cfg.http_port = ws_port, http_port
+    running = RunningServer(services, ws, runner, ws_port, http_port)
+    for warning in security_warnings(config):
+        log.warning(warning)
+    log.info("ready in %.1f s: WebSocket ws://%s:%d%s, OTA http://%s:%d/xiaozhi/ota/ (auth %s)",
+             time.monotonic() - t0, cfg.host, ws_port, cfg.ws_path, cfg.host, http_port,
+             "on" if cfg.auth.enabled else "off")
+    try:
+        yield running
+    finally:
+        await running.close()

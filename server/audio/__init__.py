@@ -1,0 +1,1 @@
+"""Audio edge: Opus codec wrappers, resampling and PCM helpers."""

@@ -1,0 +1,94 @@
+"""Opus at the edge of the server (libopus through opuslib).
+
+Inside, audio is PCM16 mono. Uplink packets are decoded with a buffer big enough for the longest
+legal Opus packet (120 ms), so 20 ms (py-xiaozhi) and 60 ms (firmware) uplinks both decode
+without being told the duration. Downlink PCM is cut into fixed frames of exactly the duration we
+declared in the server hello: the firmware sizes its decode buffer from that value.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+from dataclasses import dataclass, field
+
+MAX_PACKET_MS = 120
+
+
+class OpusUnavailable(RuntimeError):
+    pass
+
+
+def _opuslib():  # noqa: ANN202 - module object
+    if ctypes.util.find_library("opus") is None:
+        raise OpusUnavailable(
+            "libopus is not installed: run scripts/install.sh, or 'apt-get install libopus0' "
+            "(Debian/Ubuntu), 'brew install opus' (macOS)")
+    import opuslib
+
+    return opuslib
+
+
+class OpusDecoder:
+    """Decodes one stream of packets to PCM16 mono at `sample_rate`."""
+
+    def __init__(self, sample_rate: int = 16000) -> None:
+        opuslib = _opuslib()
+        self.sample_rate = sample_rate
+        self._max_samples = sample_rate * MAX_PACKET_MS // 1000
+        self._decoder = opuslib.Decoder(sample_rate, 1)
+        self._error = opuslib.OpusError
+
+    def decode(self, packet: bytes) -> bytes:
+        """Raises ValueError on a corrupt packet (the caller drops it and goes on)."""
+        if not packet:
+            raise ValueError("empty Opus packet")
+        try:
+            return self._decoder.decode(bytes(packet), self._max_samples)
+        except self._error as exc:
+            raise ValueError(f"undecodable Opus packet ({exc})") from None
+
+
+@dataclass(slots=True)
+class OpusEncoder:
+    """Encodes PCM16 mono into packets of exactly `frame_ms`; keeps the remainder between calls
+    and zero-pads it on `flush()`."""
+
+    sample_rate: int = 24000
+    frame_ms: int = 60
+    bitrate: int = 24000
+    complexity: int = 5
+    _encoder: object = field(init=False, repr=False)
+    _pending: bytearray = field(init=False, repr=False, default_factory=bytearray)
+
+    def __post_init__(self) -> None:
+        opuslib = _opuslib()
+        enc = opuslib.Encoder(self.sample_rate, 1, opuslib.APPLICATION_AUDIO)
+        enc.bitrate = self.bitrate
+        enc.complexity = self.complexity
+        enc.signal = opuslib.SIGNAL_VOICE
+        self._encoder = enc
+
+    @property
+    def frame_samples(self) -> int:
+        return self.sample_rate * self.frame_ms // 1000
+
+    def encode(self, pcm: bytes) -> list[bytes]:
+        self._pending.extend(pcm)
+        frame_bytes = self.frame_samples * 2
+        out: list[bytes] = []
+        while len(self._pending) >= frame_bytes:
+            chunk = bytes(self._pending[:frame_bytes])
+            del self._pending[:frame_bytes]
+            out.append(self._encoder.encode(chunk, self.frame_samples))  # type: ignore[attr-defined]
+        return out
+
+    def flush(self) -> list[bytes]:
+        if not self._pending:
+            return []
+        frame_bytes = self.frame_samples * 2
+        self._pending.extend(b"\x00" * (frame_bytes - len(self._pending)))
+        return self.encode(b"")
+
+    def reset(self) -> None:
+        self._pending.clear()
+        self._encoder.reset_state()  # type: ignore[attr-defined]

@@ -1,0 +1,118 @@
+"""The validated shape of config.yaml.
+
+Every model forbids unknown keys: a typo in an override file stops the server with a line that
+names the key, instead of being ignored the way the reference server ignores `tts_timeout`.
+Provider sections (`vad`, `asr`, `llm`, `tts`) are validated in a second step against the chosen
+provider's own Settings model (see loader.py), so each provider documents and checks its keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.providers.base import ProviderSettings
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuthConfig(Strict):
+    enabled: bool = False
+    allowed_devices: list[str] = Field(default_factory=list)
+    token_ttl_days: float = Field(default=30, gt=0)
+    # Empty: a random secret is generated once and kept in <data_dir>/auth_secret, so tokens
+    # survive restarts.
+    secret: str = ""
+
+    @field_validator("allowed_devices")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        return [d.strip().lower() for d in v if d.strip()]
+
+
+class ServerConfig(Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+    http_port: int = Field(default=8003, ge=0, le=65535)
+    # The WebSocket URL the OTA endpoint hands to devices. Empty: derived from the Host header of
+    # each OTA request (the address the device used to reach us) plus `port` and `ws_path`.
+    websocket_url: str = ""
+    ws_path: str = "/xiaozhi/v1/"
+    # Binary framing the OTA endpoint asks devices to use (websocket.version): 1 raw Opus,
+    # 2 with a 16-byte header (timestamps for server AEC), 3 with a 4-byte header.
+    framing_version: Literal[1, 2, 3] = 1
+    timezone_offset_minutes: int = Field(default=480, ge=-720, le=840)
+    max_message_bytes: int = Field(default=128 * 1024, ge=4096)
+    firmware_dir: str = "data/firmware"
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+
+class SessionConfig(Strict):
+    hello_timeout_s: float = Field(default=10, gt=0)
+    # No voice for this long: say a short goodbye and close (the firmware gives up at 120 s).
+    idle_timeout_s: float = Field(default=120, gt=0)
+    exit_phrases: list[str] = Field(default_factory=lambda: ["退出", "再见", "拜拜", "goodbye", "bye bye"])
+    wake_words: list[str] = Field(default_factory=lambda: [
+        "你好小智", "你好小志", "小爱同学", "你好小鑫", "嗨小智", "hi esp", "hey esp", "alexa", "jarvis",
+        "hi lexin", "hey wanda", "hi joy",
+    ])
+    # Spoken right after a wake word (pre-rendered once per process, so it costs no LLM time).
+    # Empty: no reply; the firmware plays its own wake sound.
+    wake_reply: str = ""
+    max_utterance_s: float = Field(default=30, gt=1)
+    # Inbound audio frames waiting for VAD/ASR; beyond this the oldest are dropped (a client
+    # flooding faster than real time cannot grow our memory).
+    uplink_queue_frames: int = Field(default=100, ge=10)
+
+
+class AudioOutConfig(Strict):
+    sample_rate: Literal[8000, 12000, 16000, 24000, 48000] = 24000
+    frame_duration_ms: Literal[20, 40, 60] = 60
+    bitrate: int = Field(default=24000, ge=6000, le=128000)
+    complexity: int = Field(default=5, ge=0, le=10)
+    # Frames sent ahead of real time at the start of a reply (and kept ahead afterwards). The
+    # firmware drops anything beyond 40 queued frames; a few are enough to ride out jitter.
+    prebuffer_frames: int = Field(default=5, ge=1, le=20)
+
+
+class AssistantConfig(Strict):
+    language: Literal["en", "zh"] = "en"
+    name: str = "Xiaozhi"
+    prompt: str = (
+        "You are {name}, a friendly voice assistant on a small speaker. Answer in one or two short "
+        "spoken sentences, without lists, markdown or emoji."
+    )
+    max_history_turns: int = Field(default=8, ge=0, le=100)
+
+
+class LogConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Also write the log here (relative to data_dir); empty: console only.
+    file: str = ""
+
+
+class AppConfig(Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    audio_out: AudioOutConfig = Field(default_factory=AudioOutConfig)
+    assistant: AssistantConfig = Field(default_factory=AssistantConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    data_dir: str = "data"
+    models_dir: str = "models"
+    # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
+    # the raw mappings with the provider's validated Settings model.
+    vad: Any = None
+    asr: Any = None
+    llm: Any = None
+    tts: Any = None
+
+    def provider(self, kind: str) -> ProviderSettings:
+        value = getattr(self, kind)
+        assert isinstance(value, ProviderSettings), f"{kind} not validated"
+        return value
+
+
+PROVIDER_KINDS = ("vad", "asr", "llm", "tts")

@@ -1,0 +1,23 @@
+"""What a session needs from the thing it talks to (a WebSocket today, a speaker bridge later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Endpoint(Protocol):
+    async def send_text(self, text: str) -> None: ...
+
+    async def send_binary(self, data: bytes) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass(slots=True)
+class DeviceInfo:
+    device_id: str
+    client_id: str = ""
+    remote: str = ""
+    protocol_version: int = 1
+    user_agent: str = ""

@@ -1,0 +1,570 @@
+"""One connected device: protocol state, listening, endpointing, turns, timers.
+
+Control messages (hello, listen, abort) are handled the moment they arrive; audio goes through a
+bounded queue to a worker that decodes and runs VAD off the event loop, so a flood of frames can
+neither grow memory nor delay an abort. Replies run as `Turn` tasks; at most one is current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable
+from typing import Any
+
+from server.audio.opus import OpusDecoder
+from server.pipeline.dialogue import Dialogue
+from server.pipeline.phrases import phrase
+from server.pipeline.segmenter import Segmenter, SegmenterConfig, SegmentEvent
+from server.protocol import (
+    Abort,
+    FramingError,
+    Goodbye,
+    Hello,
+    Iot,
+    Listen,
+    Mcp,
+    Ping,
+    ProtocolError,
+    decode_message,
+    framing,
+)
+from server.services import Services
+from server.session.endpoint import DeviceInfo, Endpoint
+from server.session.metrics import TurnMetrics
+from server.session.output import PacedOutput
+from server.session.turn import Turn, TurnKind
+
+log = logging.getLogger("server.session")
+
+PCM_RATE = 16000
+_PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
+# Barge-in (realtime mode) needs this much continuous speech, so a cough does not cut us off.
+BARGE_IN_MS = 300
+# Audio the firmware replays before `listen detect` (its wake word); we keep about this much.
+WAKE_AUDIO_S = 2.5
+
+
+def normalize(text: str) -> str:
+    return _PUNCT.sub("", text).lower()
+
+
+class RateLimitedLog:
+    """Log a repeated problem once, then a count every `every` seconds."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def warn(self, tag: str, key: str, message: str) -> None:
+        now = time.monotonic()
+        self._count[key] = self._count.get(key, 0) + 1
+        if now - self._last.get(key, -1e9) >= self.every:
+            n = self._count[key]
+            log.warning("[%s] %s%s", tag, message, f" (x{n} since last report)" if n > 1 else "")
+            self._last[key] = now
+            self._count[key] = 0
+
+
+class Session:
+    def __init__(self, services: Services, endpoint: Endpoint, device: DeviceInfo) -> None:
+        cfg = services.config
+        self.services = services
+        self.endpoint = endpoint
+        self.device = device
+        self.session_id = str(uuid.uuid4())
+        self.tag = device.device_id or self.session_id[:8]
+        self.language = cfg.assistant.language
+        self.framing_version = device.protocol_version
+        self.hello_received = False
+        self.closed = False
+        self.features: dict[str, Any] = {}
+        self.uplink_frame_ms = 60
+
+        # listening state
+        self.listening = False
+        self.mode = "auto"
+        self.dialogue = Dialogue(max_turns=cfg.assistant.max_history_turns)
+        vad_cfg = services.vad.settings
+        self._segmenter = Segmenter(SegmenterConfig(
+            threshold=vad_cfg.threshold, neg_threshold=vad_cfg.neg_threshold,
+            min_silence_ms=vad_cfg.min_silence_ms, min_speech_ms=vad_cfg.min_speech_ms,
+            window_samples=services.vad.window_samples))
+        self._pre_roll_samples = vad_cfg.pre_roll_ms * PCM_RATE // 1000
+        self._vad_stream = services.vad.new_stream()
+        self._decoder = OpusDecoder(PCM_RATE)
+        # Audio since the last reset, trimmed to the pre-roll while nobody speaks.
+        self._audio = bytearray()
+        self._audio_start = 0  # sample position of _audio[0]
+        self._audio_pos = 0  # samples decoded since the last reset
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
+        self._speech_seen = False  # manual mode: did VAD hear any speech since listen start
+        self._wake_audio: deque[bytes] = deque()
+        self._wake_audio_bytes = 0
+
+        # Audio and the listen state changes that must apply in order with it (start, stop,
+        # detect), consumed by one worker. Bounded in audio frames; control items never drop.
+        self._uplink: deque[tuple[str, Any]] = deque()
+        self._uplink_audio = 0
+        self._uplink_limit = cfg.session.uplink_queue_frames
+        self._uplink_ready = asyncio.Event()
+        self.output = PacedOutput(self._send_audio_packet, cfg.audio_out.frame_duration_ms,
+                                  cfg.audio_out.prebuffer_frames)
+        self.current_turn: Turn | None = None
+        self._turn_seq = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.last_activity = time.monotonic()
+        self.tts_start_time = 0.0
+        self._warn = RateLimitedLog()
+        self._exit_phrases = {normalize(p) for p in cfg.session.exit_phrases}
+        self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
+        """Consume the device's frames until it goes away or we close."""
+        self.services.sessions.add(self)
+        self._spawn(self._audio_worker(), "audio")
+        self._spawn(self._watchdog(), "watchdog")
+        log.info("[%s] connected from %s (client %s, framing v%d)", self.tag, self.device.remote,
+                 self.device.client_id or "-", self.framing_version)
+        try:
+            async for frame in incoming:
+                if isinstance(frame, str):
+                    await self.on_text(frame)
+                else:
+                    self.on_binary(frame)
+                if self.closed:
+                    break
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.closed = True
+        if self.current_turn is not None:
+            self.current_turn.cancel()
+        tasks = list(self._tasks)
+        if self.current_turn is not None and self.current_turn.task is not None:
+            tasks.append(self.current_turn.task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.services.sessions.discard(self)
+        log.info("[%s] disconnected", self.tag)
+
+    async def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.info("[%s] closing: %s", self.tag, reason)
+        with contextlib.suppress(Exception):
+            await self.endpoint.close(1000, reason[:100])
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"{self.tag}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("[%s] task %s crashed: %r", self.tag, task.get_name(), task.exception())
+
+    async def _watchdog(self) -> None:
+        cfg = self.services.config.session
+        started = time.monotonic()
+        while not self.closed:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if not self.hello_received:
+                if now - started >= cfg.hello_timeout_s:
+                    self._warn.warn(self.tag, "nohello", f"no hello within {cfg.hello_timeout_s:.0f} s")
+                    await self.close("no hello")
+                    return
+                continue
+            busy = self.current_turn is not None and not self.current_turn.finished
+            if busy or self._segmenter.in_speech:
+                self.last_activity = now
+            elif now - self.last_activity >= cfg.idle_timeout_s:
+                log.info("[%s] no voice for %.0f s: saying goodbye", self.tag, cfg.idle_timeout_s)
+                self.last_activity = now
+                self.start_turn("phrase", text=phrase("idle_goodbye", self.language), close_after=True)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        obj = {"session_id": self.session_id, **obj}
+        try:
+            await self.endpoint.send_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        except Exception as exc:  # noqa: BLE001 - a dead socket ends the session, nothing more
+            self._on_send_failed(exc)
+
+    async def send_json_turn(self, turn: Turn, obj: dict[str, Any]) -> None:
+        if turn.active:
+            await self.send_json(obj)
+
+    async def _send_audio_packet(self, packet: bytes) -> None:
+        try:
+            await self.endpoint.send_binary(framing.pack(self.framing_version, packet,
+                                                         timestamp=self._downlink_timestamp()))
+        except Exception as exc:  # noqa: BLE001
+            self._on_send_failed(exc)
+
+    def _downlink_timestamp(self) -> int:
+        # v2 carries a millisecond clock for server-side AEC; the device echoes it back.
+        return int(time.monotonic() * 1000) & 0xFFFFFFFF if self.framing_version == 2 else 0
+
+    async def send_frame(self, turn: Turn, packet: bytes) -> bool:
+        if not turn.active:
+            return False
+        if turn.metrics.first_frame_sent is None:
+            # The firmware resets its decoder when it enters "speaking" (on tts start, via its
+            # main loop): give it a moment so the first frame is not flushed with the reset.
+            gap = 0.03 - (time.monotonic() - self.tts_start_time)
+            if gap > 0:
+                await asyncio.sleep(gap)
+        sent = await self.output.send_frame(turn, packet)
+        if sent:
+            now = time.monotonic()
+            if turn.metrics.first_frame_sent is None:
+                turn.metrics.first_frame_sent = now
+            turn.metrics.last_frame_sent = now
+            turn.metrics.frames_sent += 1
+        return sent
+
+    async def send_tts_stop(self, turn: Turn | None) -> None:
+        if turn is not None:
+            if turn.tts_stopped:
+                return
+            turn.tts_stopped = True
+            turn.metrics.tts_stop_sent = time.monotonic()
+        await self.send_json({"type": "tts", "state": "stop"})
+
+    def _on_send_failed(self, exc: Exception) -> None:
+        if not self.closed:
+            log.info("[%s] send failed (%s): ending session", self.tag, type(exc).__name__)
+            self.closed = True
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().create_task(self.endpoint.close(1011, "send failed"))
+
+    # ------------------------------------------------------------------ inbound text
+
+    async def on_text(self, text: str) -> None:
+        try:
+            msg = decode_message(text)
+        except ProtocolError as exc:
+            self._warn.warn(self.tag, f"bad:{exc}"[:60], f"ignored text frame: {exc} ({text[:80]!r})")
+            self.services.metrics.count("bad_text_frames")
+            return
+        if isinstance(msg, Hello):
+            await self._on_hello(msg)
+            return
+        if not self.hello_received:
+            self._warn.warn(self.tag, "prehello", f"{msg.TYPE!r} before hello: ignored")
+            return
+        if isinstance(msg, Listen):
+            await self._on_listen(msg)
+        elif isinstance(msg, Abort):
+            await self.abort(msg.reason or "abort")
+        elif isinstance(msg, Ping):
+            await self.send_json({"type": "pong", "timestamp": int(time.time() * 1000)})
+        elif isinstance(msg, Goodbye):
+            await self.close("device said goodbye")
+        elif isinstance(msg, Mcp):
+            self.on_mcp(msg.payload)
+        elif isinstance(msg, Iot):
+            self.on_iot(msg)
+        else:
+            self._warn.warn(self.tag, f"unexpected:{msg.TYPE}", f"unexpected {msg.TYPE!r} from a device: ignored")
+
+    async def _on_hello(self, msg: Hello) -> None:
+        cfg = self.services.config
+        if msg.transport not in (None, "websocket"):
+            self._warn.warn(self.tag, "transport", f"hello transport {msg.transport!r}; answering for websocket")
+        self.features = msg.features or {}
+        self.framing_version = framing.negotiate_version(self.device.protocol_version, msg.version)
+        if msg.audio_params is not None:
+            if msg.audio_params.format != "opus":
+                self._warn.warn(self.tag, "fmt", f"uplink format {msg.audio_params.format!r} unsupported; "
+                                "expecting opus")
+            if msg.audio_params.sample_rate != PCM_RATE:
+                # Opus decodes to any rate: we decode at 16 kHz whatever the encoder used.
+                log.info("[%s] device encodes at %d Hz; decoding at 16000", self.tag, msg.audio_params.sample_rate)
+            self.uplink_frame_ms = msg.audio_params.frame_duration
+        first = not self.hello_received
+        self.hello_received = True
+        self.last_activity = time.monotonic()
+        await self.send_json({
+            "type": "hello",
+            "transport": "websocket",
+            "session_id": self.session_id,
+            "audio_params": {"format": "opus", "sample_rate": cfg.audio_out.sample_rate, "channels": 1,
+                             "frame_duration": cfg.audio_out.frame_duration_ms},
+        })
+        if first:
+            log.info("[%s] hello: framing v%d, uplink %d ms frames, features %s", self.tag, self.framing_version,
+                     self.uplink_frame_ms, ",".join(k for k, v in self.features.items() if v) or "none")
+            self.on_ready()
+
+    def on_ready(self) -> None:
+        """Hook for device tools (MCP initialize) once the hello exchange is done."""
+
+    def on_mcp(self, payload: dict[str, Any]) -> None:
+        log.debug("[%s] mcp message ignored (no MCP client): %s", self.tag, str(payload)[:120])
+
+    def on_iot(self, msg: Iot) -> None:
+        log.debug("[%s] legacy iot message ignored", self.tag)
+
+    async def _on_listen(self, msg: Listen) -> None:
+        self.last_activity = time.monotonic()
+        if msg.state == "start":
+            self._enqueue("start", msg.mode)
+        elif msg.state == "stop":
+            self._enqueue("stop", None)
+        elif msg.state == "detect":
+            text = (msg.text or "").strip()
+            if not text or normalize(text) in self._wake_words:
+                self._enqueue("wake", text)
+            else:
+                # Typed chat (py-xiaozhi, browser test pages): a turn of its own, right away.
+                self._enqueue("reset", None)
+                self.start_turn("text", text=text)
+
+    def _on_wake_word(self, word: str) -> None:
+        log.info("[%s] wake word %r (%.1f s of wake audio discarded)", self.tag, word,
+                 self._wake_audio_bytes / 2 / PCM_RATE)
+        self._wake_audio.clear()
+        self._wake_audio_bytes = 0
+        self._reset_audio()
+        reply = self.services.config.session.wake_reply
+        if reply:
+            self.start_turn("wake", text=reply)
+
+    def is_exit_phrase(self, text: str) -> bool:
+        return normalize(text) in self._exit_phrases
+
+    # ------------------------------------------------------------------ turns
+
+    def start_turn(self, kind: TurnKind, *, audio: bytes = b"", text: str = "",
+                   metrics: TurnMetrics | None = None, close_after: bool = False) -> Turn:
+        self._interrupt("new turn")
+        self._turn_seq += 1
+        turn = Turn(session=self, id=self._turn_seq, kind=kind, audio=audio, text=text, close_after=close_after,
+                    metrics=metrics or TurnMetrics())
+        turn.metrics.session_id = self.session_id
+        turn.metrics.device_id = self.device.device_id
+        turn.metrics.turn_id = turn.id
+        turn.metrics.kind = kind
+        self.current_turn = turn
+        self.last_activity = time.monotonic()
+        turn.task = asyncio.create_task(self._run_turn(turn), name=f"{self.tag}-turn{turn.id}")
+        return turn
+
+    async def _run_turn(self, turn: Turn) -> None:
+        try:
+            await turn.run()
+        finally:
+            if self.current_turn is turn:
+                self.last_activity = time.monotonic()
+            if turn.close_after and not turn.cancelled:
+                await self.close("conversation ended")
+
+    def _interrupt(self, why: str) -> bool:
+        """Cancel the current turn. Returns True if it had started speaking (needs tts stop)."""
+        turn = self.current_turn
+        if turn is None or turn.finished or turn.cancelled:
+            return False
+        log.info("[%s] turn %d interrupted: %s", self.tag, turn.id, why)
+        turn.cancel()
+        self.output.reset()
+        return turn.tts_started
+
+    async def abort(self, reason: str) -> None:
+        turn = self.current_turn
+        needs_stop = self._interrupt(reason)
+        if reason == "wake_word_detected":
+            self._enqueue("reset", None)
+        # Always answer: the firmware stays in "speaking" until it gets tts stop.
+        await self.send_tts_stop(turn if needs_stop else None)
+
+    # ------------------------------------------------------------------ inbound audio
+
+    def on_binary(self, data: bytes) -> None:
+        if not self.hello_received:
+            self._warn.warn(self.tag, "binprehello", "binary frame before hello: dropped")
+            self.services.metrics.count("audio_before_hello")
+            return
+        try:
+            frame = framing.unpack(self.framing_version, data)
+        except FramingError as exc:
+            self._warn.warn(self.tag, "framing", f"dropped binary frame: {exc}")
+            self.services.metrics.count("bad_binary_frames")
+            return
+        if frame.payload_type == framing.PAYLOAD_JSON:
+            asyncio.get_running_loop().create_task(self.on_text(frame.payload.decode("utf-8", "replace")))
+            return
+        if self._uplink_audio >= self._uplink_limit:
+            # Faster than real time (or we are overloaded): drop the oldest, keep memory bounded.
+            for i, (kind, _) in enumerate(self._uplink):
+                if kind == "audio":
+                    del self._uplink[i]
+                    self._uplink_audio -= 1
+                    break
+            self._warn.warn(self.tag, "flood", "uplink audio arriving faster than it is processed: "
+                            "dropping oldest frames")
+            self.services.metrics.count("uplink_frames_dropped")
+        self._enqueue("audio", (frame.payload, time.monotonic()))
+
+    def _enqueue(self, kind: str, value: Any) -> None:
+        self._uplink.append((kind, value))
+        if kind == "audio":
+            self._uplink_audio += 1
+        self._uplink_ready.set()
+
+    def _reset_audio(self) -> None:
+        self._segmenter.reset()
+        self._vad_stream.reset()
+        self._audio.clear()
+        self._audio_start = 0
+        self._audio_pos = 0
+        self._arrivals.clear()
+        self._speech_seen = False
+
+    def _decode_and_detect(self, packet: bytes) -> tuple[bytes, list[float]]:
+        pcm = self._decoder.decode(packet)
+        return pcm, self.services.vad.process_sync(self._vad_stream, pcm)
+
+    async def _audio_worker(self) -> None:
+        vad = self.services.vad
+        while True:
+            if not self._uplink:
+                self._uplink_ready.clear()
+                await self._uplink_ready.wait()
+                continue
+            kind, value = self._uplink.popleft()
+            if kind != "audio":
+                self._apply_listen_change(kind, value)
+                continue
+            self._uplink_audio -= 1
+            packet, arrival = value
+            if not self.listening:
+                self._keep_wake_audio(packet)
+                continue
+            try:
+                pcm, probs = await vad.run_blocking(self._decode_and_detect, packet)
+            except ValueError as exc:
+                self._warn.warn(self.tag, "opus", f"dropped uplink frame: {exc}")
+                self.services.metrics.count("bad_opus_frames")
+                continue
+            self._on_pcm(pcm, probs, arrival)
+
+    def _apply_listen_change(self, kind: str, value: Any) -> None:
+        """Listen state changes, applied in order with the audio that came before them."""
+        if kind == "start":
+            self.mode = value or self.mode or "auto"
+            self.listening = True
+            self._reset_audio()
+        elif kind == "stop":
+            self.listening = False
+            self._end_of_listening()
+        elif kind == "wake":
+            self._on_wake_word(value)
+        elif kind == "reset":
+            self._reset_audio()
+
+    def _keep_wake_audio(self, packet: bytes) -> None:
+        # Frames before `listen detect` are the wake word replay; keep the last ~2.5 s only.
+        self._wake_audio.append(packet)
+        self._wake_audio_bytes += len(packet) * 10  # rough PCM size estimate for the log line
+        while len(self._wake_audio) > int(WAKE_AUDIO_S * 1000 / max(self.uplink_frame_ms, 10)):
+            self._wake_audio.popleft()
+
+    def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float) -> None:
+        self._audio.extend(pcm)
+        self._audio_pos += len(pcm) // 2
+        self._arrivals.append((self._audio_pos, arrival))
+        max_samples = int(self.services.config.session.max_utterance_s * PCM_RATE)
+        for prob in probs:
+            seg = self._segmenter.feed(prob)
+            if seg is not None:
+                self._on_segment(seg)
+        if self._segmenter.in_speech:
+            self.last_activity = arrival
+            if self.mode == "realtime":
+                self._maybe_barge_in()
+            if self.mode != "manual" and self._segmenter.position - self._segmenter.speech_start > max_samples:
+                log.info("[%s] utterance reached %.0f s: cutting it here", self.tag, max_samples / PCM_RATE)
+                seg = self._segmenter.end()
+                if seg is not None:
+                    self._on_segment(seg)
+        elif self.mode != "manual":
+            self._trim_idle_audio()
+        elif len(self._audio) > max_samples * 2:
+            # Manual mode keeps everything until listen stop, up to the utterance limit.
+            del self._audio[: len(self._audio) - max_samples * 2]
+            self._audio_start = self._audio_pos - len(self._audio) // 2
+
+    def _trim_idle_audio(self) -> None:
+        keep = (self._pre_roll_samples + self._segmenter.config.window_samples * 8) * 2
+        if len(self._audio) > keep * 2:
+            drop = len(self._audio) - keep
+            del self._audio[:drop]
+            self._audio_start += drop // 2
+
+    def _maybe_barge_in(self) -> None:
+        turn = self.current_turn
+        if turn is None or not turn.active or not turn.tts_started:
+            return
+        if self._segmenter.speech_ms >= BARGE_IN_MS:
+            if self._interrupt("barge-in"):
+                asyncio.get_running_loop().create_task(self.send_tts_stop(turn))
+
+    def _on_segment(self, seg: Any) -> None:
+        if seg.event is SegmentEvent.SPEECH_START:
+            self._speech_seen = True
+            return
+        if seg.event is SegmentEvent.DISCARD:
+            log.debug("[%s] discarded %.0f ms blip", self.tag, (seg.end - seg.start) / 16)
+            return
+        if self.mode == "manual":
+            return  # manual mode ends on listen stop, not on silence
+        start = max(self._audio_start, seg.start - self._pre_roll_samples)
+        # Keep a little audio after the last voiced window: Whisper likes a trailing pause.
+        end = min(self._audio_pos, seg.end + PCM_RATE // 10)
+        audio = bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
+        metrics = TurnMetrics(speech_end_arrival=self._arrival_of(seg.end), endpoint=time.monotonic())
+        # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
+        consumed = (end - self._audio_start) * 2
+        del self._audio[:consumed]
+        self._audio_start = end
+        self.start_turn("voice", audio=audio, metrics=metrics)
+
+    def _arrival_of(self, sample: int) -> float | None:
+        for end, when in self._arrivals:
+            if end >= sample:
+                return when
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    def _end_of_listening(self) -> None:
+        """listen stop: in manual mode the utterance is everything since listen start; in the
+        other modes, speech in progress is finished now rather than thrown away."""
+        if self.mode == "manual":
+            if self._speech_seen and self._audio:
+                metrics = TurnMetrics(speech_end_arrival=self._arrivals[-1][1] if self._arrivals else None,
+                                      endpoint=time.monotonic())
+                self.start_turn("voice", audio=bytes(self._audio), metrics=metrics)
+            elif self._audio:
+                log.info("[%s] listen stop: no speech in %.1f s of audio", self.tag, len(self._audio) / 2 / PCM_RATE)
+        elif self._segmenter.in_speech:
+            seg = self._segmenter.end()
+            if seg is not None:
+                self._on_segment(seg)
+        self._reset_audio()

@@ -1,0 +1,255 @@
+"""One reply: recognise -> think -> speak, owned by a single task that an abort cancels.
+
+Three stages run concurrently inside a turn:
+  LLM stream -> splitter -> sentence queue      (`_think`)
+  sentence queue -> TTS -> Opus frame queue      (`_voice`; synthesizes ahead while we send)
+  frame queue -> paced send                      (`_send`)
+Everything the turn sends goes through `Session` helpers that check `turn.active`, so once a
+turn is cancelled not one more frame of it reaches the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from server.pipeline.dialogue import system_prompt, time_context
+from server.pipeline.emotion import DEFAULT_EMOTION, emoji_for, emotion_of
+from server.pipeline.phrases import phrase
+from server.pipeline.splitter import SentenceSplitter
+from server.providers.base import LLMRequest, ProviderError
+from server.session.metrics import TurnMetrics
+
+if TYPE_CHECKING:
+    from server.session.session import Session
+
+log = logging.getLogger("server.turn")
+
+TurnKind = Literal["voice", "text", "wake", "phrase"]
+# Bounded look-ahead: frames synthesized but not yet sent (about 30 s of audio at 60 ms).
+FRAME_QUEUE = 500
+
+
+@dataclass(eq=False)
+class Turn:
+    session: Session
+    id: int
+    kind: TurnKind
+    audio: bytes = b""  # PCM16 16 kHz for voice turns
+    text: str = ""  # typed text, or the fixed phrase to say
+    close_after: bool = False  # end the session once this turn has played
+    metrics: TurnMetrics = field(default_factory=TurnMetrics)
+    cancelled: bool = False
+    finished: bool = False
+    tts_started: bool = False
+    tts_stopped: bool = False
+    spoken: list[str] = field(default_factory=list)
+    user_text: str = ""
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self.cancelled and not self.finished and self.session.current_turn is self
+
+    def cancel(self) -> None:
+        """Stop now. The caller (abort / barge-in) sends `tts stop` itself, immediately."""
+        if self.cancelled or self.finished:
+            return
+        self.cancelled = True
+        self.metrics.interrupted = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        s = self.session
+        try:
+            if self.kind == "phrase" or self.kind == "wake":
+                await self._say_fixed(self.text)
+            else:
+                text = await self._recognize() if self.kind == "voice" else self.text
+                if text:
+                    await self._answer(text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing turn must never take the session down
+            self.metrics.error = f"{type(exc).__name__}: {exc}"
+            log.exception("[%s] turn %d failed", s.tag, self.id)
+        finally:
+            if not self.cancelled:
+                await self._finish()
+            self.finished = True
+            self._record()
+
+    async def _recognize(self) -> str:
+        s = self.session
+        try:
+            transcript = await s.services.asr.transcribe(self.audio)
+        except ProviderError as exc:
+            self.metrics.asr_done = time.monotonic()
+            self.metrics.error = str(exc)
+            log.warning("[%s] ASR failed: %s", s.tag, exc)
+            await self._say_fixed(phrase("asr_failed", s.language))
+            return ""
+        self.metrics.asr_done = time.monotonic()
+        text = transcript.text.strip()
+        log.info("[%s] heard: %r (%.0f ms audio)", s.tag, text, len(self.audio) / 32)
+        if not text:
+            return ""
+        await s.send_json_turn(self, {"type": "stt", "text": text})
+        return text
+
+    async def _answer(self, text: str) -> None:
+        s = self.session
+        self.user_text = text
+        if self.kind == "text":
+            self.metrics.asr_done = time.monotonic()
+            await s.send_json_turn(self, {"type": "stt", "text": text})
+        if s.is_exit_phrase(text):
+            log.info("[%s] exit phrase %r: saying goodbye", s.tag, text)
+            self.close_after = True
+            await self._say_fixed(phrase("goodbye", s.language))
+            return
+        await self._start_tts()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        frames: asyncio.Queue[tuple[str, bytes | str] | None] = asyncio.Queue(maxsize=FRAME_QUEUE)
+        think = asyncio.create_task(self._think(text, sentences), name=f"turn{self.id}-llm")
+        voice = asyncio.create_task(self._voice(sentences, frames), name=f"turn{self.id}-tts")
+        try:
+            await self._send(frames)
+            await think  # surface its exception, if any
+            await voice
+        finally:
+            for task in (think, voice):
+                task.cancel()
+            await asyncio.gather(think, voice, return_exceptions=True)
+
+    async def _think(self, text: str, sentences: asyncio.Queue[str | None]) -> None:
+        s = self.session
+        cfg = s.services.config.assistant
+        messages = s.dialogue.messages(system_prompt(cfg.prompt, cfg.name, cfg.language), text,
+                                       context=time_context(cfg.language))
+        splitter = SentenceSplitter()
+        raw = ""
+        emitted = 0
+        try:
+            async for delta in s.services.llm.stream(LLMRequest(messages=messages)):
+                if not delta.text:
+                    continue
+                if self.metrics.llm_first_token is None:
+                    self.metrics.llm_first_token = time.monotonic()
+                raw += delta.text
+                for sentence in splitter.feed(delta.text):
+                    if emitted == 0:
+                        self.metrics.first_clause = time.monotonic()
+                        await self._send_emotion(raw)
+                    emitted += 1
+                    sentences.put_nowait(sentence)
+            for sentence in splitter.flush():
+                if emitted == 0:
+                    self.metrics.first_clause = time.monotonic()
+                    await self._send_emotion(raw)
+                emitted += 1
+                sentences.put_nowait(sentence)
+            if emitted == 0:
+                log.warning("[%s] the LLM produced nothing speakable (raw %r)", s.tag, raw[:80])
+        except ProviderError as exc:
+            self.metrics.error = str(exc)
+            log.warning("[%s] LLM failed: %s", s.tag, exc)
+            if emitted == 0:
+                self.metrics.first_clause = time.monotonic()
+                sentences.put_nowait(phrase("llm_failed", s.language))
+        finally:
+            sentences.put_nowait(None)
+
+    async def _voice(self, sentences: asyncio.Queue[str | None],
+                     frames: asyncio.Queue[tuple[str, bytes | str] | None]) -> None:
+        s = self.session
+        try:
+            while (sentence := await sentences.get()) is not None:
+                await frames.put(("sentence", sentence))
+                try:
+                    async for packet in s.services.speak(sentence, on_first_chunk=self._mark_tts_chunk):
+                        await frames.put(("frame", packet))
+                except ProviderError as exc:
+                    # One sentence lost is better than a stuck device: skip it, keep going.
+                    self.metrics.error = str(exc)
+                    log.warning("[%s] TTS failed on %r: %s", s.tag, sentence[:40], exc)
+        finally:
+            await frames.put(None)
+
+    def _mark_tts_chunk(self) -> None:
+        if self.metrics.tts_first_chunk is None:
+            self.metrics.tts_first_chunk = time.monotonic()
+
+    async def _send(self, frames: asyncio.Queue[tuple[str, bytes | str] | None]) -> None:
+        s = self.session
+        pending_sentence: str | None = None
+        while (item := await frames.get()) is not None:
+            kind, value = item
+            if kind == "sentence":
+                pending_sentence = str(value)
+                continue
+            if pending_sentence is not None:
+                # sentence_start goes out right before that sentence's first frame, so the
+                # subtitle matches what is playing and history counts only what was sent.
+                await s.send_json_turn(self, {"type": "tts", "state": "sentence_start", "text": pending_sentence})
+                self.spoken.append(pending_sentence)
+                pending_sentence = None
+            if not await s.send_frame(self, value):  # type: ignore[arg-type]
+                return
+
+    async def _say_fixed(self, text: str) -> None:
+        if not text:
+            return
+        s = self.session
+        await self._start_tts()
+        if self.metrics.first_clause is None:
+            self.metrics.first_clause = time.monotonic()
+        try:
+            packets = await s.services.phrase_frames(text)
+        except ProviderError as exc:
+            log.warning("[%s] cannot say %r: %s", s.tag, text, exc)
+            return
+        self._mark_tts_chunk()
+        await s.send_json_turn(self, {"type": "llm", "emotion": DEFAULT_EMOTION, "text": emoji_for(DEFAULT_EMOTION)})
+        await s.send_json_turn(self, {"type": "tts", "state": "sentence_start", "text": text})
+        self.spoken.append(text)
+        for packet in packets:
+            if not await s.send_frame(self, packet):
+                return
+
+    async def _start_tts(self) -> None:
+        if not self.tts_started and self.active:
+            self.tts_started = True
+            await self.session.send_json_turn(self, {"type": "tts", "state": "start"})
+            self.session.tts_start_time = time.monotonic()
+
+    async def _send_emotion(self, raw: str) -> None:
+        emotion = emotion_of(raw) or DEFAULT_EMOTION
+        await self.session.send_json_turn(self, {"type": "llm", "emotion": emotion, "text": emoji_for(emotion)})
+
+    async def _finish(self) -> None:
+        """Normal end: wait until the device has played our last frame, then `tts stop`."""
+        s = self.session
+        if self.tts_started:
+            await s.output.wait_played(self)
+            if self.active:
+                await s.send_tts_stop(self)
+        if self.user_text or self.spoken:
+            s.dialogue.add(self.user_text, " ".join(self.spoken), interrupted=False)
+
+    def _record(self) -> None:
+        m = self.metrics
+        s = self.session
+        if self.cancelled and (self.user_text or self.spoken):
+            s.dialogue.add(self.user_text, " ".join(self.spoken), interrupted=True)
+        s.services.metrics.record(m)
+        stages = {k: v for k, v in m.stages_ms().items() if v is not None}
+        log.info("[%s] turn %d %s%s frames=%d %s", s.tag, self.id, self.kind,
+                 " (interrupted)" if m.interrupted else "", m.frames_sent,
+                 " ".join(f"{k}={v:.0f}ms" for k, v in stages.items()))
