@@ -18,7 +18,7 @@ class OpusUnavailable(RuntimeError):
     pass
 
 
-def _opuslib():  # noqa: ANN202 - module object
+def load_opuslib():  # noqa: ANN202 - module object
     if ctypes.util.find_library("opus") is None:
         raise OpusUnavailable(
             "libopus is not installed: run scripts/install.sh, or 'apt-get install libopus0' "
@@ -32,7 +32,7 @@ class OpusDecoder:
     """Decodes one stream of packets to PCM16 mono at `sample_rate`."""
 
     def __init__(self, sample_rate: int = 16000) -> None:
-        opuslib = _opuslib()
+        opuslib = load_opuslib()
         self.sample_rate = sample_rate
         self._max_samples = sample_rate * MAX_PACKET_MS // 1000
         self._decoder = opuslib.Decoder(sample_rate, 1)
@@ -61,7 +61,7 @@ class OpusEncoder:
     _pending: bytearray = field(init=False, repr=False, default_factory=bytearray)
 
     def __post_init__(self) -> None:
-        opuslib = _opuslib()
+        opuslib = load_opuslib()
         enc = opuslib.Encoder(self.sample_rate, 1, opuslib.APPLICATION_AUDIO)
         enc.bitrate = self.bitrate
         enc.complexity = self.complexity

@@ -60,6 +60,13 @@ class Segmenter:
             return 0.0
         return (self.last_voiced_end - self.speech_start) * 1000 / self.config.sample_rate
 
+    @property
+    def silence_ms(self) -> float:
+        """Trailing silence inside the current utterance (0 when not in speech)."""
+        if not self.in_speech:
+            return 0.0
+        return self._silence_samples * 1000 / self.config.sample_rate
+
     def feed(self, prob: float) -> Segment | None:
         c = self.config
         win_start = self.position

@@ -106,6 +106,10 @@ class Session:
         self._audio_pos = 0  # samples decoded since the last reset
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
         self._speech_seen = False  # manual mode: did VAD hear any speech since listen start
+        # Early (speculative) ASR: ((speech start, last voiced sample), task) while the end of
+        # an utterance is not yet confirmed.
+        self._early: tuple[tuple[int, int], asyncio.Task[Any]] | None = None
+        self._early_asr_samples = vad_cfg.early_asr_ms * PCM_RATE // 1000
         self._wake_audio: deque[bytes] = deque()
         self._wake_audio_bytes = 0
 
@@ -148,6 +152,7 @@ class Session:
 
     async def shutdown(self) -> None:
         self.closed = True
+        self._drop_early_asr()
         if self.current_turn is not None:
             self.current_turn.cancel()
         tasks = list(self._tasks)
@@ -166,6 +171,10 @@ class Session:
         log.info("[%s] closing: %s", self.tag, reason)
         with contextlib.suppress(Exception):
             await self.endpoint.close(1000, reason[:100])
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.endpoint.close(code, reason)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"{self.tag}-{name}")
@@ -252,8 +261,7 @@ class Session:
         if not self.closed:
             log.info("[%s] send failed (%s): ending session", self.tag, type(exc).__name__)
             self.closed = True
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().create_task(self.endpoint.close(1011, "send failed"))
+            self._spawn(self._close_quietly(1011, "send failed"), "close")
 
     # ------------------------------------------------------------------ inbound text
 
@@ -354,11 +362,12 @@ class Session:
     # ------------------------------------------------------------------ turns
 
     def start_turn(self, kind: TurnKind, *, audio: bytes = b"", text: str = "",
-                   metrics: TurnMetrics | None = None, close_after: bool = False) -> Turn:
+                   metrics: TurnMetrics | None = None, close_after: bool = False,
+                   asr_task: asyncio.Task[Any] | None = None) -> Turn:
         self._interrupt("new turn")
         self._turn_seq += 1
         turn = Turn(session=self, id=self._turn_seq, kind=kind, audio=audio, text=text, close_after=close_after,
-                    metrics=metrics or TurnMetrics())
+                    metrics=metrics or TurnMetrics(), asr_task=asr_task)
         turn.metrics.session_id = self.session_id
         turn.metrics.device_id = self.device.device_id
         turn.metrics.turn_id = turn.id
@@ -409,7 +418,7 @@ class Session:
             self.services.metrics.count("bad_binary_frames")
             return
         if frame.payload_type == framing.PAYLOAD_JSON:
-            asyncio.get_running_loop().create_task(self.on_text(frame.payload.decode("utf-8", "replace")))
+            self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
             return
         if self._uplink_audio >= self._uplink_limit:
             # Faster than real time (or we are overloaded): drop the oldest, keep memory bounded.
@@ -430,6 +439,7 @@ class Session:
         self._uplink_ready.set()
 
     def _reset_audio(self) -> None:
+        self._drop_early_asr()
         self._segmenter.reset()
         self._vad_stream.reset()
         self._audio.clear()
@@ -500,6 +510,8 @@ class Session:
             self.last_activity = arrival
             if self.mode == "realtime":
                 self._maybe_barge_in()
+            if self.mode != "manual":
+                self._maybe_start_early_asr()
             if self.mode != "manual" and self._segmenter.position - self._segmenter.speech_start > max_samples:
                 log.info("[%s] utterance reached %.0f s: cutting it here", self.tag, max_samples / PCM_RATE)
                 seg = self._segmenter.end()
@@ -523,9 +535,48 @@ class Session:
         turn = self.current_turn
         if turn is None or not turn.active or not turn.tts_started:
             return
-        if self._segmenter.speech_ms >= BARGE_IN_MS:
-            if self._interrupt("barge-in"):
-                asyncio.get_running_loop().create_task(self.send_tts_stop(turn))
+        if self._segmenter.speech_ms >= BARGE_IN_MS and self._interrupt("barge-in"):
+            self._spawn(self.send_tts_stop(turn), "barge-in-stop")
+
+    def _utterance_bounds(self, start: int, end: int) -> tuple[int, int]:
+        # Pre-roll before the first voiced window; a little audio after the last one (Whisper
+        # likes a trailing pause).
+        return max(self._audio_start, start - self._pre_roll_samples), min(self._audio_pos, end + PCM_RATE // 10)
+
+    def _slice(self, start: int, end: int) -> bytes:
+        return bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
+
+    def _maybe_start_early_asr(self) -> None:
+        seg = self._segmenter
+        if not self._early_asr_samples:
+            return
+        key = (seg.speech_start, seg.last_voiced_end)
+        if seg.silence_ms * PCM_RATE / 1000 < self._early_asr_samples:
+            if self._early is not None and seg.silence_ms == 0:
+                self._drop_early_asr()  # the user went on talking
+            return
+        if self._early is not None and self._early[0] == key:
+            return
+        if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
+            return  # would be discarded as a blip anyway
+        self._drop_early_asr()
+        audio = self._slice(*self._utterance_bounds(*key))
+        self._early = (key, asyncio.create_task(self.services.asr.transcribe(audio), name=f"{self.tag}-early-asr"))
+
+    def _drop_early_asr(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
+    def _take_early_asr(self, start: int, end: int) -> asyncio.Task[Any] | None:
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if early[0] == (start, end):
+            self.services.metrics.count("early_asr_used")
+            return early[1]
+        early[1].cancel()
+        return None
 
     def _on_segment(self, seg: Any) -> None:
         if seg.event is SegmentEvent.SPEECH_START:
@@ -536,16 +587,15 @@ class Session:
             return
         if self.mode == "manual":
             return  # manual mode ends on listen stop, not on silence
-        start = max(self._audio_start, seg.start - self._pre_roll_samples)
-        # Keep a little audio after the last voiced window: Whisper likes a trailing pause.
-        end = min(self._audio_pos, seg.end + PCM_RATE // 10)
-        audio = bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
+        start, end = self._utterance_bounds(seg.start, seg.end)
+        audio = self._slice(start, end)
         metrics = TurnMetrics(speech_end_arrival=self._arrival_of(seg.end), endpoint=time.monotonic())
+        early = self._take_early_asr(seg.start, seg.end)
         # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
         consumed = (end - self._audio_start) * 2
         del self._audio[:consumed]
         self._audio_start = end
-        self.start_turn("voice", audio=audio, metrics=metrics)
+        self.start_turn("voice", audio=audio, metrics=metrics, asr_task=early)
 
     def _arrival_of(self, sample: int) -> float | None:
         for end, when in self._arrivals:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from server.pipeline.dialogue import system_prompt, time_context
 from server.pipeline.emotion import DEFAULT_EMOTION, emoji_for, emotion_of
@@ -49,6 +49,8 @@ class Turn:
     spoken: list[str] = field(default_factory=list)
     user_text: str = ""
     task: asyncio.Task[None] | None = None
+    # A transcription already started on this audio during the endpoint wait (early ASR).
+    asr_task: asyncio.Task[Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -62,6 +64,8 @@ class Turn:
         self.metrics.interrupted = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.asr_task is not None:
+            self.asr_task.cancel()
 
     # ------------------------------------------------------------------ run
 
@@ -88,7 +92,10 @@ class Turn:
     async def _recognize(self) -> str:
         s = self.session
         try:
-            transcript = await s.services.asr.transcribe(self.audio)
+            if self.asr_task is not None:
+                transcript = await self.asr_task
+            else:
+                transcript = await s.services.asr.transcribe(self.audio)
         except ProviderError as exc:
             self.metrics.asr_done = time.monotonic()
             self.metrics.error = str(exc)

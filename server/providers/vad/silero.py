@@ -33,6 +33,10 @@ class SileroSettings(ProviderSettings):
     min_speech_ms: int = Field(default=250, ge=0, le=5000)
     # Audio kept before the detected start of speech, so the first syllable is not clipped.
     pre_roll_ms: int = Field(default=300, ge=0, le=2000)
+    # Start recognising after this much silence, while still waiting for min_silence_ms to
+    # confirm the end: if the user stays quiet the transcript is ready sooner; if they go on,
+    # the early result is thrown away. 0 disables it.
+    early_asr_ms: int = Field(default=200, ge=0, le=5000)
     # An ONNX file to use instead of the one in the silero-vad package.
     model_path: str = ""
 

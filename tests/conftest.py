@@ -1,0 +1,79 @@
+"""Shared fixtures: the real server in a child process, and a Whisper model to check replies."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.devsim import SimDevice, synthesize_speech
+from server.devsim.server_process import ServerProcess, start_server
+
+# Deterministic-ish answers from the tiny model, so failures are reproducible.
+TEST_OVERRIDES: dict[str, Any] = {"llm": {"temperature": 0.0}}
+
+
+@pytest.fixture(scope="session")
+async def server() -> AsyncIterator[ServerProcess]:
+    """The embedded offline stack, started once for the whole run."""
+    async with start_server(TEST_OVERRIDES) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def whisper() -> Any:
+    from faster_whisper import WhisperModel
+
+    from server.providers.asr.faster_whisper import bundled_model_dir
+
+    return WhisperModel(str(bundled_model_dir()), device="cpu", compute_type="int8", cpu_threads=1)
+
+
+def transcribe(model: Any, pcm: bytes, rate: int) -> str:
+    from server.audio.pcm import resample
+
+    audio = np.frombuffer(resample(pcm, rate, 16000), dtype=np.int16).astype(np.float32) / 32768
+    segments, _ = model.transcribe(audio, language="en", beam_size=1)
+    return "".join(s.text for s in segments).strip()
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, words(a), words(b)).ratio()
+
+
+@pytest.fixture
+async def device(server: ServerProcess) -> AsyncIterator[SimDevice]:
+    dev = SimDevice()
+    await dev.ota(server.http_url)
+    await dev.connect()
+    try:
+        yield dev
+    finally:
+        await dev.close()
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+        return r.status, await r.read()
+
+
+async def http_json(url: str) -> Any:
+    import json
+
+    status, body = await http_get(url)
+    assert status == 200, (url, status, body[:200])
+    return json.loads(body)
+
+
+async def speech(text: str) -> bytes:
+    return await synthesize_speech(text)
