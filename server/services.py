@@ -18,8 +18,11 @@ from typing import Any
 from server.audio.opus import OpusEncoder
 from server.audio.pcm import StreamResampler
 from server.config.schema import AppConfig
+from server.memory.manager import MemoryManager
+from server.memory.store import SqliteMemoryStore
 from server.pipeline.dialogue import Dialogue, system_prompt, time_context
 from server.providers.base import LLMRequest, ProviderContext, ProviderUnavailable
+from server.providers.fallback import CHAINS
 from server.providers.registry import build_provider
 from server.session.metrics import MetricsLog
 
@@ -43,6 +46,22 @@ class Services:
     _phrases: dict[str, list[bytes]] = field(default_factory=dict)
     _phrase_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     sessions: set[Any] = field(default_factory=set)
+    memory: MemoryManager | None = None
+    # Process-wide tool sources (plugins, external MCP servers); sessions add their device's own.
+    tool_sources: list[Any] = field(default_factory=list)
+    # Builders of per-session device tool sources (device MCP, legacy IoT), set at startup.
+    device_tools_factory: Any = None
+    iot_tools_factory: Any = None
+    _http: Any = None
+    _closers: list[Any] = field(default_factory=list)
+
+    def http(self) -> Any:
+        """One shared aiohttp session for plugins (connection reuse, one place to close)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), trust_env=True)
+        return self._http
 
     @property
     def data_dir(self) -> Path:
@@ -55,6 +74,35 @@ class Services:
 
     async def speak(self, text: str, on_first_chunk: Any = None) -> AsyncIterator[bytes]:
         """Synthesize `text` and yield Opus packets at the downlink rate and frame length."""
+        chunks = self.tts.synthesize(text)
+
+        async def pcm() -> AsyncIterator[tuple[bytes, int]]:
+            nonlocal on_first_chunk
+            async for chunk in chunks:
+                if on_first_chunk is not None:
+                    on_first_chunk()
+                    on_first_chunk = None
+                yield chunk.pcm, chunk.sample_rate
+
+        try:
+            async for packet in self._encode(pcm()):
+                yield packet
+        finally:
+            await chunks.aclose()
+
+    async def encode_stream(self, chunks: AsyncIterator[bytes], sample_rate: int) -> AsyncIterator[bytes]:
+        """PCM16 mono chunks at `sample_rate` (e.g. music from a tool) -> downlink Opus packets."""
+
+        async def pcm() -> AsyncIterator[tuple[bytes, int]]:
+            async for chunk in chunks:
+                yield chunk, sample_rate
+
+        async for packet in self._encode(pcm()):
+            yield packet
+
+    async def _encode(self, source: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
+        """Resample and Opus-encode off the event loop, in slices so the first frame leaves as
+        soon as its own slice is ready rather than after a whole sentence was encoded."""
         loop = asyncio.get_running_loop()
         encoder = self.new_encoder()
         resampler: StreamResampler | None = None
@@ -70,16 +118,10 @@ class Services:
             return packets
 
         rate = out_rate
-        async for chunk in self.tts.synthesize(text):
-            if on_first_chunk is not None:
-                on_first_chunk()
-                on_first_chunk = None
-            rate = chunk.sample_rate
-            # Encode in slices so the first frame leaves as soon as its own slice is ready,
-            # not after the whole sentence has been encoded.
+        async for data, rate in source:
             step = rate * 2 * ENCODE_SLICE_MS // 1000
-            for i in range(0, len(chunk.pcm), step):
-                for packet in await loop.run_in_executor(self.codec_pool, encode, chunk.pcm[i:i + step], rate, False):
+            for i in range(0, len(data), step):
+                for packet in await loop.run_in_executor(self.codec_pool, encode, data[i:i + step], rate, False):
                     yield packet
         for packet in await loop.run_in_executor(self.codec_pool, encode, b"", rate, True):
             yield packet
@@ -95,6 +137,15 @@ class Services:
         return self._phrases[text]
 
     async def close(self) -> None:
+        if self.memory is not None:
+            await self.memory.drain(timeout=10)
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.exception("closing %s", closer)
+        if self._http is not None:
+            await self._http.close()
         for provider in (self.vad, self.asr, self.llm, self.tts):
             try:
                 await provider.close()
@@ -109,9 +160,17 @@ async def build_services(config: AppConfig, root_dir: Path) -> Services:
     ctx = ProviderContext(root_dir=root_dir, data_dir=root_dir / config.data_dir,
                           models_dir=root_dir / config.models_dir,
                           output_sample_rate=config.audio_out.sample_rate)
-    providers = {kind: build_provider(kind, config.provider(kind), ctx) for kind in ("vad", "asr", "llm", "tts")}
-    if hasattr(providers["llm"], "language"):
-        providers["llm"].language = config.assistant.language
+    def build(kind: str) -> Any:
+        settings = config.provider(kind)
+        if isinstance(settings, list):
+            chain = [build_provider(kind, s, ctx, name=f"{kind}.{s.type}") for s in settings]
+            return CHAINS[kind](chain) if len(chain) > 1 else chain[0]
+        return build_provider(kind, settings, ctx)
+
+    providers = {kind: build(kind) for kind in ("vad", "asr", "llm", "tts")}
+    for llm in getattr(providers["llm"], "providers", [providers["llm"]]):
+        if hasattr(llm, "language"):
+            llm.language = config.assistant.language
 
     async def load(kind: str, provider: Any) -> None:
         t0 = time.monotonic()
@@ -130,7 +189,15 @@ async def build_services(config: AppConfig, root_dir: Path) -> Services:
             await p.close()
         raise errors[0]
     services = Services(config=config, root_dir=root_dir, **providers)
-    await warm_up(services)
+    try:
+        store = SqliteMemoryStore(services.data_dir / config.memory.db)
+        await store.open()
+        services._closers.append(store.close)
+        services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
+        await warm_up(services)
+    except BaseException:
+        await services.close()
+        raise
     return services
 
 

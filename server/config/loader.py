@@ -24,6 +24,7 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT_DIR / "config.yaml"
 DEFAULT_OVERRIDE = Path("data") / ".config.yaml"
 
+CHAINABLE = ("asr", "llm", "tts")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -140,7 +141,14 @@ def validate(raw: dict[str, Any]) -> AppConfig:
         value = getattr(config, kind)
         if value is None:
             raise ConfigError(f"{kind}: required (a mapping with 'type')")
-        object.__setattr__(config, kind, validate_provider(kind, value))
+        if isinstance(value, list):
+            if kind not in CHAINABLE:
+                raise ConfigError(f"{kind}: a list (fallback chain) is only allowed for {', '.join(CHAINABLE)}")
+            if not value:
+                raise ConfigError(f"{kind}: the fallback list is empty")
+            setattr(config, kind, [validate_provider(kind, v, f"{kind}[{i}]") for i, v in enumerate(value)])
+        else:
+            setattr(config, kind, validate_provider(kind, value))
     return config
 
 

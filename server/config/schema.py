@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.memory.manager import MemoryConfig
 from server.providers.base import ProviderSettings
 
 
@@ -86,6 +87,20 @@ class AssistantConfig(Strict):
         "spoken sentences, without lists, markdown or emoji."
     )
     max_history_turns: int = Field(default=8, ge=0, le=100)
+    # Dialogue history sent to the LLM is cut (oldest first) to about this many tokens.
+    history_token_budget: int = Field(default=1500, ge=0, le=100000)
+
+
+class IntentConfig(Strict):
+    # function_call: tools go into the one streaming LLM call (no extra hop; needs a model with
+    #   tool calling, e.g. any OpenAI-compatible API model).
+    # intent_llm: a separate small classification call picks a tool first (models without tool
+    #   calling); nointent: no tools at all.
+    mode: Literal["function_call", "intent_llm", "nointent"] = "function_call"
+    max_tool_rounds: int = Field(default=3, ge=1, le=10)
+    tool_timeout_s: float = Field(default=10, gt=0, le=300)
+    # How long a turn waits for a freshly connected device to finish listing its MCP tools.
+    device_tools_wait_s: float = Field(default=1.0, ge=0, le=10)
 
 
 class LogConfig(Strict):
@@ -100,6 +115,13 @@ class AppConfig(Strict):
     audio_out: AudioOutConfig = Field(default_factory=AudioOutConfig)
     assistant: AssistantConfig = Field(default_factory=AssistantConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    intent: IntentConfig = Field(default_factory=IntentConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    # plugin module name (a file in plugins/) -> its settings, with `enabled`.
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Validated by their own modules (server.mcp_ext, server.transport.vision) in the loader.
+    mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    vision: dict[str, Any] = Field(default_factory=dict)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
@@ -109,9 +131,10 @@ class AppConfig(Strict):
     llm: Any = None
     tts: Any = None
 
-    def provider(self, kind: str) -> ProviderSettings:
+    def provider(self, kind: str) -> ProviderSettings | list[ProviderSettings]:
+        """The validated settings of a provider section, or a list of them (fallback chain)."""
         value = getattr(self, kind)
-        assert isinstance(value, ProviderSettings), f"{kind} not validated"
+        assert isinstance(value, ProviderSettings | list), f"{kind} not validated"
         return value
 
 

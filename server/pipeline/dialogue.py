@@ -37,13 +37,25 @@ class Dialogue:
         if self.max_turns >= 0 and len(self.exchanges) > self.max_turns:
             del self.exchanges[: len(self.exchanges) - self.max_turns]
 
-    def messages(self, system: str, user_text: str, context: str = "") -> list[ChatMessage]:
+    def messages(self, system: str, user_text: str, context: str = "", token_budget: int = 0) -> list[ChatMessage]:
         """`system` is the stable persona (first, so providers can cache the prompt prefix);
-        `context` is what changes (date, time, memory) and goes in a second system message."""
+        `context` is what changes (date, time, memory) and goes in a second system message.
+        With a `token_budget`, the oldest exchanges are left out until the history fits."""
         out = [ChatMessage("system", system)]
         if context:
             out.append(ChatMessage("system", context))
-        for ex in self.exchanges:
+        exchanges = self.exchanges
+        if token_budget > 0:
+            kept: list[Exchange] = []
+            used = 0
+            for ex in reversed(exchanges):
+                cost = estimate_tokens(ex.user) + estimate_tokens(ex.assistant) + 8
+                if used + cost > token_budget:
+                    break
+                kept.append(ex)
+                used += cost
+            exchanges = kept[::-1]
+        for ex in exchanges:
             out.append(ChatMessage("user", ex.user))
             reply = ex.assistant
             if ex.interrupted:
@@ -51,6 +63,26 @@ class Dialogue:
             out.append(ChatMessage("assistant", reply))
         out.append(ChatMessage("user", user_text))
         return out
+
+
+def estimate_tokens(text: str) -> int:
+    """Cheap token estimate that needs no tokenizer: CJK characters are about one token each,
+    other text about four characters per token."""
+    cjk = sum(1 for ch in text if "\u3400" <= ch <= "\u9fff")
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+def build_context(language: str, *, summary: str = "", capabilities: list[str] | None = None,
+                  now: dt.datetime | None = None) -> str:
+    """The changing part of the prompt: time, what we remember, what the device can do."""
+    parts = [time_context(language, now)]
+    if summary:
+        label = "你记得关于用户的这些事：" if language == "zh" else "What you remember about the user: "
+        parts.append(label + summary)
+    if capabilities:
+        label = "设备可以：" if language == "zh" else "The device can: "
+        parts.append(label + "; ".join(capabilities))
+    return "\n".join(parts)
 
 
 def system_prompt(template: str, name: str, language: str) -> str:

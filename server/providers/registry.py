@@ -19,12 +19,17 @@ PROVIDERS: dict[str, dict[str, str]] = {
     },
     "asr": {
         "faster_whisper": "server.providers.asr.faster_whisper:FasterWhisperASR",
+        "funasr": "server.providers.asr.funasr:FunASR",
+        "openai": "server.providers.asr.openai_asr:OpenAIASR",
     },
     "llm": {
         "llama_cpp": "server.providers.llm.llama_cpp:LlamaCppLLM",
+        "openai": "server.providers.llm.openai_llm:OpenAILLM",
     },
     "tts": {
         "piper": "server.providers.tts.piper:PiperTTS",
+        "edge": "server.providers.tts.edge:EdgeTTS",
+        "openai": "server.providers.tts.openai_tts:OpenAITTS",
     },
 }
 

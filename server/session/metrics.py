@@ -26,6 +26,9 @@ class TurnMetrics:
     last_frame_sent: float | None = None
     tts_stop_sent: float | None = None
     frames_sent: int = 0
+    tool_calls: int = 0
+    tool_ms: float = 0.0
+    memory_ms: float = 0.0  # memory/persona lookups on this turn's critical path
     interrupted: bool = False
     error: str = ""
     started: float = field(default_factory=time.monotonic)

@@ -19,8 +19,10 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 from server.audio.opus import OpusDecoder
-from server.pipeline.dialogue import Dialogue
+from server.memory.manager import SessionMemory
+from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.phrases import phrase
+from server.pipeline.responder import Responder
 from server.pipeline.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from server.protocol import (
     Abort,
@@ -35,11 +37,14 @@ from server.protocol import (
     decode_message,
     framing,
 )
+from server.providers.base import ChatMessage
 from server.services import Services
 from server.session.endpoint import DeviceInfo, Endpoint
 from server.session.metrics import TurnMetrics
 from server.session.output import PacedOutput
 from server.session.turn import Turn, TurnKind
+from server.tools.base import ToolContext
+from server.tools.toolbox import Toolbox
 
 log = logging.getLogger("server.session")
 
@@ -130,11 +135,23 @@ class Session:
         self._exit_phrases = {normalize(p) for p in cfg.session.exit_phrases}
         self._wake_words = {normalize(w) for w in cfg.session.wake_words}
 
+        # memory, persona and tools
+        memory = services.memory
+        self.user_id = memory.user_for(device.device_id) if memory is not None else device.device_id
+        self.memory: SessionMemory | None = None
+        self._memory_loaded = asyncio.Event()
+        self.toolbox = Toolbox(self._tool_context, default_timeout_s=cfg.intent.tool_timeout_s)
+        for source in services.tool_sources:
+            self.toolbox.add(source)
+        self.device_tools: Any = None  # DeviceMcpClient once the device announced MCP
+        self.iot_tools: Any = None  # IotTools once a legacy device sent descriptors
+
     # ------------------------------------------------------------------ life cycle
 
     async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
         """Consume the device's frames until it goes away or we close."""
         self.services.sessions.add(self)
+        self._spawn(self._load_memory(), "memory")
         self._spawn(self._audio_worker(), "audio")
         self._spawn(self._watchdog(), "watchdog")
         log.info("[%s] connected from %s (client %s, framing v%d)", self.tag, self.device.remote,
@@ -161,6 +178,15 @@ class Session:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for tools in (self.device_tools, self.iot_tools):
+            close = getattr(tools, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+        if self.services.memory is not None:
+            self.services.memory.close_session(self.user_id, self.session_id)
         self.services.sessions.discard(self)
         log.info("[%s] disconnected", self.tag)
 
@@ -323,13 +349,82 @@ class Session:
             self.on_ready()
 
     def on_ready(self) -> None:
-        """Hook for device tools (MCP initialize) once the hello exchange is done."""
+        """The hello exchange is done: ask an MCP-capable device for its tools."""
+        if self.features.get("mcp") and self.services.device_tools_factory is not None:
+            self.device_tools = self.services.device_tools_factory(self)
+            self.toolbox.add(self.device_tools)
+            self._spawn(self.device_tools.start(), "mcp-init")
 
     def on_mcp(self, payload: dict[str, Any]) -> None:
-        log.debug("[%s] mcp message ignored (no MCP client): %s", self.tag, str(payload)[:120])
+        if self.device_tools is None:
+            log.debug("[%s] mcp message without an MCP session: %s", self.tag, str(payload)[:120])
+            return
+        self.device_tools.on_message(payload)
 
     def on_iot(self, msg: Iot) -> None:
-        log.debug("[%s] legacy iot message ignored", self.tag)
+        if self.iot_tools is None:
+            if self.services.iot_tools_factory is None:
+                return
+            self.iot_tools = self.services.iot_tools_factory(self)
+            self.toolbox.add(self.iot_tools)
+        self.iot_tools.on_message(msg.to_dict())
+
+    async def send_mcp(self, payload: dict[str, Any]) -> None:
+        await self.send_json({"type": "mcp", "payload": payload})
+
+    async def send_iot_commands(self, commands: list[dict[str, Any]]) -> None:
+        await self.send_json({"type": "iot", "commands": commands})
+
+    # ------------------------------------------------------------------ memory, prompt, tools
+
+    async def _load_memory(self) -> None:
+        try:
+            if self.services.memory is not None:
+                self.memory = await self.services.memory.open_session(self.user_id)
+                for ex in self.memory.history:
+                    self.dialogue.add(ex.user, ex.assistant, ex.interrupted)
+        finally:
+            self._memory_loaded.set()
+
+    def _tool_context(self) -> ToolContext:
+        memory = self.services.memory
+        return ToolContext(device_id=self.device.device_id, user_id=self.user_id, session_id=self.session_id,
+                           language=self.language, storage=memory.store if memory is not None else None,
+                           http=self.services.http())
+
+    def responder(self, on_first_token: Any = None) -> Responder:
+        cfg = self.services.config.intent
+        return Responder(self.services.llm, self.toolbox, mode=cfg.mode, max_rounds=cfg.max_tool_rounds,
+                         language=self.language, on_first_token=on_first_token)
+
+    async def build_messages(self, user_text: str) -> list[ChatMessage]:
+        """System prompt (persona), context (time, memory, device), history and the new text."""
+        cfg = self.services.config
+        await self._memory_loaded.wait()
+        if self.device_tools is not None and not self.device_tools.ready:
+            # A device that just connected may still be listing its tools; a short wait lets
+            # the first question use them.
+            await self.device_tools.wait_ready(cfg.intent.device_tools_wait_s)
+        persona = ""
+        memory = self.services.memory
+        if memory is not None and memory.store is not None:
+            try:
+                persona = await memory.store.get_value(self.user_id, "persona") or ""
+            except Exception:  # noqa: BLE001 - a broken store must not stop the answer
+                log.exception("[%s] reading the persona failed", self.tag)
+        summary = self.memory.summary if self.memory is not None else ""
+        # What the device itself can do (its MCP tools), in one line each.
+        capabilities = ([spec.description.split(".")[0] for spec in self.device_tools.specs()]
+                        if self.device_tools is not None else [])
+        system = system_prompt(persona or cfg.assistant.prompt, cfg.assistant.name, self.language)
+        context = build_context(self.language, summary=summary, capabilities=capabilities[:12])
+        return self.dialogue.messages(system, user_text, context=context,
+                                      token_budget=cfg.assistant.history_token_budget)
+
+    def remember(self, user: str, assistant: str, interrupted: bool) -> None:
+        self.dialogue.add(user, assistant, interrupted)
+        if self.services.memory is not None:
+            self.services.memory.record(self.user_id, self.session_id, user, assistant, interrupted)
 
     async def _on_listen(self, msg: Listen) -> None:
         self.last_activity = time.monotonic()

@@ -1,8 +1,8 @@
 """One reply: recognise -> think -> speak, owned by a single task that an abort cancels.
 
 Three stages run concurrently inside a turn:
-  LLM stream -> splitter -> sentence queue      (`_think`)
-  sentence queue -> TTS -> Opus frame queue      (`_voice`; synthesizes ahead while we send)
+  Responder (LLM + tools) -> item queue         (`_think`)
+  item queue -> TTS / tool audio -> Opus frames  (`_voice`; synthesizes ahead while we send)
   frame queue -> paced send                      (`_send`)
 Everything the turn sends goes through `Session` helpers that check `turn.active`, so once a
 turn is cancelled not one more frame of it reaches the device.
@@ -11,16 +11,16 @@ turn is cancelled not one more frame of it reaches the device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.pipeline.dialogue import system_prompt, time_context
 from server.pipeline.emotion import DEFAULT_EMOTION, emoji_for, emotion_of
 from server.pipeline.phrases import phrase
-from server.pipeline.splitter import SentenceSplitter
-from server.providers.base import LLMRequest, ProviderError
+from server.pipeline.responder import Audio, EndSession, Item, Sentence
+from server.providers.base import ProviderError
 from server.session.metrics import TurnMetrics
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Turn:
     task: asyncio.Task[None] | None = None
     # A transcription already started on this audio during the endpoint wait (early ASR).
     asr_task: asyncio.Task[Any] | None = None
+    emotion_sent: bool = False
 
     @property
     def active(self) -> bool:
@@ -72,7 +73,7 @@ class Turn:
     async def run(self) -> None:
         s = self.session
         try:
-            if self.kind == "phrase" or self.kind == "wake":
+            if self.kind in ("phrase", "wake"):
                 await self._say_fixed(self.text)
             else:
                 text = await self._recognize() if self.kind == "voice" else self.text
@@ -122,10 +123,10 @@ class Turn:
             await self._say_fixed(phrase("goodbye", s.language))
             return
         await self._start_tts()
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        items: asyncio.Queue[Item | None] = asyncio.Queue()
         frames: asyncio.Queue[tuple[str, bytes | str] | None] = asyncio.Queue(maxsize=FRAME_QUEUE)
-        think = asyncio.create_task(self._think(text, sentences), name=f"turn{self.id}-llm")
-        voice = asyncio.create_task(self._voice(sentences, frames), name=f"turn{self.id}-tts")
+        think = asyncio.create_task(self._think(text, items), name=f"turn{self.id}-think")
+        voice = asyncio.create_task(self._voice(items, frames), name=f"turn{self.id}-voice")
         try:
             await self._send(frames)
             await think  # surface its exception, if any
@@ -135,59 +136,78 @@ class Turn:
                 task.cancel()
             await asyncio.gather(think, voice, return_exceptions=True)
 
-    async def _think(self, text: str, sentences: asyncio.Queue[str | None]) -> None:
+    async def _think(self, text: str, items: asyncio.Queue[Item | None]) -> None:
         s = self.session
-        cfg = s.services.config.assistant
-        messages = s.dialogue.messages(system_prompt(cfg.prompt, cfg.name, cfg.language), text,
-                                       context=time_context(cfg.language))
-        splitter = SentenceSplitter()
-        raw = ""
-        emitted = 0
+        responder = s.responder(on_first_token=self._mark_first_token)
+        said = 0
         try:
-            async for delta in s.services.llm.stream(LLMRequest(messages=messages)):
-                if not delta.text:
-                    continue
-                if self.metrics.llm_first_token is None:
-                    self.metrics.llm_first_token = time.monotonic()
-                raw += delta.text
-                for sentence in splitter.feed(delta.text):
-                    if emitted == 0:
+            t0 = time.monotonic()
+            messages = await s.build_messages(text)
+            self.metrics.memory_ms = round((time.monotonic() - t0) * 1000, 2)
+            async for item in responder.run(messages):
+                if isinstance(item, Sentence):
+                    if not item.text:
+                        continue
+                    if said == 0:
                         self.metrics.first_clause = time.monotonic()
-                        await self._send_emotion(raw)
-                    emitted += 1
-                    sentences.put_nowait(sentence)
-            for sentence in splitter.flush():
-                if emitted == 0:
-                    self.metrics.first_clause = time.monotonic()
-                    await self._send_emotion(raw)
-                emitted += 1
-                sentences.put_nowait(sentence)
-            if emitted == 0:
-                log.warning("[%s] the LLM produced nothing speakable (raw %r)", s.tag, raw[:80])
+                        await self._send_emotion(item.raw)
+                    said += 1
+                elif isinstance(item, EndSession):
+                    self.close_after = True
+                    continue
+                items.put_nowait(item)
+            if said == 0 and not self.close_after:
+                log.warning("[%s] the LLM produced nothing speakable", s.tag)
         except ProviderError as exc:
             self.metrics.error = str(exc)
             log.warning("[%s] LLM failed: %s", s.tag, exc)
-            if emitted == 0:
+            if said == 0:
                 self.metrics.first_clause = time.monotonic()
-                sentences.put_nowait(phrase("llm_failed", s.language))
+                items.put_nowait(Sentence(phrase("llm_failed", s.language)))
         finally:
-            sentences.put_nowait(None)
+            self.metrics.tool_calls = responder.stats.tool_calls
+            self.metrics.tool_ms = round(responder.stats.tool_seconds * 1000, 1)
+            items.put_nowait(None)
 
-    async def _voice(self, sentences: asyncio.Queue[str | None],
+    def _mark_first_token(self) -> None:
+        if self.metrics.llm_first_token is None:
+            self.metrics.llm_first_token = time.monotonic()
+
+    async def _voice(self, items: asyncio.Queue[Item | None],
                      frames: asyncio.Queue[tuple[str, bytes | str] | None]) -> None:
         s = self.session
         try:
-            while (sentence := await sentences.get()) is not None:
-                await frames.put(("sentence", sentence))
+            while (item := await items.get()) is not None:
+                if isinstance(item, Audio):
+                    await self._play_audio(item, frames)
+                    continue
+                assert isinstance(item, Sentence)
+                await frames.put(("sentence", item.text))
                 try:
-                    async for packet in s.services.speak(sentence, on_first_chunk=self._mark_tts_chunk):
+                    async for packet in s.services.speak(item.text, on_first_chunk=self._mark_tts_chunk):
                         await frames.put(("frame", packet))
                 except ProviderError as exc:
                     # One sentence lost is better than a stuck device: skip it, keep going.
                     self.metrics.error = str(exc)
-                    log.warning("[%s] TTS failed on %r: %s", s.tag, sentence[:40], exc)
+                    log.warning("[%s] TTS failed on %r: %s", s.tag, item.text[:40], exc)
         finally:
             await frames.put(None)
+
+    async def _play_audio(self, item: Audio, frames: asyncio.Queue[tuple[str, bytes | str] | None]) -> None:
+        """Audio a tool returned (music): encode and queue it like speech. The bounded frame
+        queue makes decoding follow playback instead of loading a whole song into memory."""
+        s = self.session
+        try:
+            async for packet in s.services.encode_stream(item.chunks, item.sample_rate):
+                self._mark_tts_chunk()
+                await frames.put(("frame", packet))
+        except Exception as exc:  # noqa: BLE001 - a broken file ends the song, not the session
+            log.warning("[%s] audio from a tool failed: %s", s.tag, exc)
+        finally:
+            close = getattr(item.chunks, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
     def _mark_tts_chunk(self) -> None:
         if self.metrics.tts_first_chunk is None:
@@ -223,7 +243,7 @@ class Turn:
             log.warning("[%s] cannot say %r: %s", s.tag, text, exc)
             return
         self._mark_tts_chunk()
-        await s.send_json_turn(self, {"type": "llm", "emotion": DEFAULT_EMOTION, "text": emoji_for(DEFAULT_EMOTION)})
+        await self._send_emotion("")
         await s.send_json_turn(self, {"type": "tts", "state": "sentence_start", "text": text})
         self.spoken.append(text)
         for packet in packets:
@@ -237,6 +257,9 @@ class Turn:
             self.session.tts_start_time = time.monotonic()
 
     async def _send_emotion(self, raw: str) -> None:
+        if self.emotion_sent:
+            return
+        self.emotion_sent = True
         emotion = emotion_of(raw) or DEFAULT_EMOTION
         await self.session.send_json_turn(self, {"type": "llm", "emotion": emotion, "text": emoji_for(emotion)})
 
@@ -247,14 +270,12 @@ class Turn:
             await s.output.wait_played(self)
             if self.active:
                 await s.send_tts_stop(self)
-        if self.user_text or self.spoken:
-            s.dialogue.add(self.user_text, " ".join(self.spoken), interrupted=False)
 
     def _record(self) -> None:
         m = self.metrics
         s = self.session
-        if self.cancelled and (self.user_text or self.spoken):
-            s.dialogue.add(self.user_text, " ".join(self.spoken), interrupted=True)
+        if self.user_text or (self.spoken and self.kind != "phrase"):
+            s.remember(self.user_text, " ".join(self.spoken), interrupted=self.cancelled)
         s.services.metrics.record(m)
         stages = {k: v for k, v in m.stages_ms().items() if v is not None}
         log.info("[%s] turn %d %s%s frames=%d %s", s.tag, self.id, self.kind,

@@ -1,0 +1,170 @@
+"""Where memory lives. `MemoryStore` is the interface; `SqliteMemoryStore` the embedded default
+(one file under data/, WAL journal so readers never wait for the writer).
+
+All SQLite work runs on one dedicated thread with one connection: writes from concurrent
+sessions are serialized there instead of racing (the reference server's YAML memory file loses
+updates when two sessions close at once), and the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    user_text TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS exchanges_user ON exchanges(user_id, id);
+CREATE TABLE IF NOT EXISTS summaries (
+    user_id TEXT PRIMARY KEY,
+    summary TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class StoredExchange:
+    user: str
+    assistant: str
+    interrupted: bool
+    ts: float
+    session_id: str
+
+
+class MemoryStore(Protocol):
+    async def add_exchange(self, user_id: str, session_id: str, user: str, assistant: str,
+                           interrupted: bool = False) -> None: ...
+
+    async def recent_exchanges(self, user_id: str, limit: int) -> list[StoredExchange]: ...
+
+    async def session_exchanges(self, user_id: str, session_id: str) -> list[StoredExchange]: ...
+
+    async def get_summary(self, user_id: str) -> str: ...
+
+    async def set_summary(self, user_id: str, summary: str) -> None: ...
+
+    async def get_value(self, user_id: str, key: str) -> str | None: ...
+
+    async def set_value(self, user_id: str, key: str, value: str | None) -> None: ...
+
+    async def forget(self, user_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteMemoryStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-db")
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._connect()))
+
+    async def open(self) -> None:
+        await self._run(lambda db: None)
+
+    async def add_exchange(self, user_id: str, session_id: str, user: str, assistant: str,
+                           interrupted: bool = False) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT INTO exchanges (user_id, session_id, ts, user_text, assistant_text, interrupted)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           (user_id, session_id, time.time(), user, assistant, int(interrupted)))
+        await self._run(write)
+
+    @staticmethod
+    def _rows(rows: list[Any]) -> list[StoredExchange]:
+        return [StoredExchange(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+
+    async def recent_exchanges(self, user_id: str, limit: int) -> list[StoredExchange]:
+        def read(db: sqlite3.Connection) -> list[StoredExchange]:
+            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id FROM exchanges "
+                              "WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)).fetchall()
+            return self._rows(rows[::-1])
+        return await self._run(read)
+
+    async def session_exchanges(self, user_id: str, session_id: str) -> list[StoredExchange]:
+        def read(db: sqlite3.Connection) -> list[StoredExchange]:
+            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id FROM exchanges "
+                              "WHERE user_id = ? AND session_id = ? ORDER BY id", (user_id, session_id)).fetchall()
+            return self._rows(rows)
+        return await self._run(read)
+
+    async def get_summary(self, user_id: str) -> str:
+        def read(db: sqlite3.Connection) -> str:
+            row = db.execute("SELECT summary FROM summaries WHERE user_id = ?", (user_id,)).fetchone()
+            return row[0] if row else ""
+        return await self._run(read)
+
+    async def set_summary(self, user_id: str, summary: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT INTO summaries (user_id, summary, updated) VALUES (?, ?, ?) "
+                           "ON CONFLICT(user_id) DO UPDATE SET summary = excluded.summary, updated = excluded.updated",
+                           (user_id, summary, time.time()))
+        await self._run(write)
+
+    async def get_value(self, user_id: str, key: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM kv WHERE user_id = ? AND key = ?", (user_id, key)).fetchone()
+            return row[0] if row else None
+        return await self._run(read)
+
+    async def set_value(self, user_id: str, key: str, value: str | None) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                if value is None:
+                    db.execute("DELETE FROM kv WHERE user_id = ? AND key = ?", (user_id, key))
+                else:
+                    db.execute("INSERT INTO kv (user_id, key, value) VALUES (?, ?, ?) "
+                               "ON CONFLICT(user_id, key) DO UPDATE SET value = excluded.value", (user_id, key, value))
+        await self._run(write)
+
+    async def forget(self, user_id: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                for table in ("exchanges", "summaries", "kv"):
+                    db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))  # noqa: S608 - fixed names
+        await self._run(write)
+
+    async def close(self) -> None:
+        def shut(db: sqlite3.Connection) -> None:
+            db.close()
+        if self._db is not None:
+            await self._run(shut)
+            self._db = None
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,129 @@
+"""Provider chains: `tts: [ {type: edge, ...}, {type: piper} ]` tries each in order.
+
+A provider that fails is moved to the back for `cooldown_s`, so after a cloud TTS dies only the
+first sentence pays for its timeout; the rest of the turn goes straight to the local one. A
+stream that fails after it already produced output is not restarted on another provider (the
+user would hear the start twice): that one sentence or answer ends there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from server.providers.base import AudioChunk, LLMDelta, LLMRequest, ProviderError, Transcript
+
+log = logging.getLogger("server.providers")
+
+
+class FallbackChain:
+    kind = ""
+
+    def __init__(self, providers: list[Any], cooldown_s: float = 30.0) -> None:
+        if not providers:
+            raise ValueError("a fallback chain needs at least one provider")
+        self.providers = providers
+        self.cooldown_s = cooldown_s
+        self._failed_at: dict[int, float] = {}
+        self.name = f"{self.kind}.fallback({' > '.join(p.name for p in providers)})"
+        self.local = any(getattr(p, "local", False) for p in providers)
+
+    def __getattr__(self, item: str) -> Any:
+        # Settings and other attributes of the primary provider (e.g. vad-like introspection).
+        return getattr(self.providers[0], item)
+
+    def order(self) -> list[Any]:
+        now = time.monotonic()
+        healthy = [p for i, p in enumerate(self.providers) if now - self._failed_at.get(i, -1e9) >= self.cooldown_s]
+        cooling = [p for p in self.providers if p not in healthy]
+        return healthy + cooling
+
+    def failed(self, provider: Any, exc: Exception) -> None:
+        self._failed_at[self.providers.index(provider)] = time.monotonic()
+        log.warning("%s failed (%s); falling back", provider.name, exc)
+
+    def succeeded(self, provider: Any) -> None:
+        self._failed_at.pop(self.providers.index(provider), None)
+
+    async def load(self) -> None:
+        for p in self.providers:
+            await p.load()
+
+    async def close(self) -> None:
+        for p in self.providers:
+            await p.close()
+
+    def _all_failed(self, errors: list[str]) -> ProviderError:
+        return ProviderError(self.name, "all providers failed: " + "; ".join(errors), retryable=True)
+
+
+class FallbackTTS(FallbackChain):
+    kind = "tts"
+
+    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        errors: list[str] = []
+        for provider in self.order():
+            started = False
+            try:
+                async for chunk in provider.synthesize(text):
+                    started = True
+                    yield chunk
+            except ProviderError as exc:
+                self.failed(provider, exc)
+                if started:
+                    raise
+                errors.append(str(exc))
+                continue
+            self.succeeded(provider)
+            return
+        raise self._all_failed(errors)
+
+
+class FallbackLLM(FallbackChain):
+    kind = "llm"
+
+    @property
+    def supports_tools(self) -> bool:
+        return getattr(self.order()[0], "supports_tools", False)
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
+        errors: list[str] = []
+        for provider in self.order():
+            started = False
+            try:
+                tools = request.tools if getattr(provider, "supports_tools", False) else []
+                req = LLMRequest(request.messages, tools, request.temperature, request.max_tokens)
+                async for delta in provider.stream(req):
+                    started = True
+                    yield delta
+            except ProviderError as exc:
+                self.failed(provider, exc)
+                if started:
+                    raise
+                errors.append(str(exc))
+                continue
+            self.succeeded(provider)
+            return
+        raise self._all_failed(errors)
+
+
+class FallbackASR(FallbackChain):
+    kind = "asr"
+
+    async def transcribe(self, pcm: bytes, sample_rate: int = 16000) -> Transcript:
+        errors: list[str] = []
+        for provider in self.order():
+            try:
+                result = await provider.transcribe(pcm, sample_rate)
+            except ProviderError as exc:
+                self.failed(provider, exc)
+                errors.append(str(exc))
+                continue
+            self.succeeded(provider)
+            return result
+        raise self._all_failed(errors)
+
+
+CHAINS: dict[str, type[FallbackChain]] = {"tts": FallbackTTS, "llm": FallbackLLM, "asr": FallbackASR}
