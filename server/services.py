@@ -194,6 +194,10 @@ async def build_services(config: AppConfig, root_dir: Path) -> Services:
         await store.open()
         services._closers.append(store.close)
         services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
+        if config.plugins:
+            from server.tools.plugins import PluginTools
+
+            services.tool_sources.append(PluginTools.from_config(config.plugins))
         await warm_up(services)
     except BaseException:
         await services.close()

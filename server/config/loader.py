@@ -149,7 +149,21 @@ def validate(raw: dict[str, Any]) -> AppConfig:
             setattr(config, kind, [validate_provider(kind, v, f"{kind}[{i}]") for i, v in enumerate(value)])
         else:
             setattr(config, kind, validate_provider(kind, value))
+    validate_plugins(config)
     return config
+
+
+def validate_plugins(config: AppConfig) -> None:
+    """Import the enabled plugins and check their settings, so `--check` catches plugin mistakes
+    too (each plugin validates its own section with its Settings model)."""
+    if not config.plugins:
+        return
+    from server.tools.plugins import PluginConfigError, PluginTools
+
+    try:
+        PluginTools.from_config(config.plugins)
+    except PluginConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(
