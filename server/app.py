@@ -73,8 +73,8 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     t0 = time.monotonic()
     data_dir = root_dir / config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    services = await build_services(config, root_dir)
     auth = make_auth(config, data_dir)
+    services = await build_services(config, root_dir, auth)
     cfg = config.server
     devices = DeviceServer(services, auth)
     ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,

@@ -21,5 +21,6 @@ def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
         root.addHandler(handler)
     root.setLevel(level)
     # Library chatter that is noise at INFO.
-    for name in ("websockets", "aiohttp.access", "faster_whisper", "httpx", "asyncio"):
+    for name in ("websockets", "aiohttp.access", "faster_whisper", "httpx", "httpx2", "httpcore", "mcp", "asyncio",
+                 "openai", "modelscope", "funasr"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

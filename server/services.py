@@ -52,6 +52,7 @@ class Services:
     # Builders of per-session device tool sources (device MCP, legacy IoT), set at startup.
     device_tools_factory: Any = None
     iot_tools_factory: Any = None
+    vision: Any = None  # VisionHandler for /mcp/vision/explain
     _http: Any = None
     _closers: list[Any] = field(default_factory=list)
 
@@ -154,7 +155,7 @@ class Services:
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def build_services(config: AppConfig, root_dir: Path) -> Services:
+async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) -> Services:
     """Construct and load every configured provider, in parallel. Raises ProviderUnavailable with
     the provider's own advice when one cannot run."""
     ctx = ProviderContext(root_dir=root_dir, data_dir=root_dir / config.data_dir,
@@ -198,11 +199,45 @@ async def build_services(config: AppConfig, root_dir: Path) -> Services:
             from server.tools.plugins import PluginTools
 
             services.tool_sources.append(PluginTools.from_config(config.plugins))
+        await _start_device_tools(services, auth)
+        if config.mcp_servers:
+            from server.mcp_ext import ExternalMcpManager
+
+            mcp = ExternalMcpManager(config.mcp_servers)
+            services._closers.append(mcp.close)
+            await mcp.start()
+            services.tool_sources.append(mcp)
         await warm_up(services)
     except BaseException:
         await services.close()
         raise
     return services
+
+
+async def _start_device_tools(services: Services, auth: Any) -> None:
+    """Factories for the per-session device tool sources (device MCP, legacy IoT) and the vision
+    endpoint the device's camera tool uploads to."""
+    from server.devices import DeviceMcpClient, IotTools
+    from server.transport.vision import VisionHandler
+
+    config = services.config
+    dcfg = config.device_tools
+    vision = VisionHandler(config.vision, auth) if auth is not None else None
+    services.vision = vision
+    if vision is not None:
+        services._closers.append(vision.close)
+
+    def device_tools(session: Any) -> Any:
+        url, token = ("", "")
+        if vision is not None:
+            url, token = vision.device_capability(session.device.device_id, session.device.client_id,
+                                                  host_header=session.device.host,
+                                                  http_port=config.server.http_port)
+        return DeviceMcpClient.from_config(session.send_mcp, dcfg, vision_url=url, vision_token=token,
+                                           tag=session.tag)
+
+    services.device_tools_factory = device_tools if dcfg.mcp else None
+    services.iot_tools_factory = (lambda s: IotTools(s.send_iot_commands, tag=s.tag)) if dcfg.iot else None
 
 
 async def warm_up(services: Services) -> None:

@@ -150,6 +150,12 @@ def validate(raw: dict[str, Any]) -> AppConfig:
         else:
             setattr(config, kind, validate_provider(kind, value))
     validate_plugins(config)
+    from server.mcp_ext import parse_mcp_servers
+
+    try:
+        config.mcp_servers = parse_mcp_servers(config.mcp_servers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config
 
 

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.devices.mcp_client import DeviceToolsConfig
 from server.memory.manager import MemoryConfig
+from server.transport.vision import VisionConfig
 from server.providers.base import ProviderSettings
 
 
@@ -119,9 +121,10 @@ class AppConfig(Strict):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     # plugin module name (a file in plugins/) -> its settings, with `enabled`.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    # Validated by their own modules (server.mcp_ext, server.transport.vision) in the loader.
+    device_tools: DeviceToolsConfig = Field(default_factory=DeviceToolsConfig)
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    # External MCP servers: validated by server.mcp_ext (the loader replaces this mapping).
     mcp_servers: dict[str, Any] = Field(default_factory=dict)
-    vision: dict[str, Any] = Field(default_factory=dict)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces

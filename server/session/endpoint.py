@@ -21,3 +21,4 @@ class DeviceInfo:
     remote: str = ""
     protocol_version: int = 1
     user_agent: str = ""
+    host: str = ""  # the Host header the device used (it can reach us under that name)

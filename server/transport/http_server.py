@@ -53,6 +53,8 @@ class HttpApi:
         app.router.add_route("POST", "/xiaozhi/ota/activate", self.activate)
         app.router.add_route("OPTIONS", "/xiaozhi/ota/activate", self.options)
         app.router.add_route("GET", "/xiaozhi/ota/download/{name}", self.download)
+        if self.services.vision is not None:
+            self.services.vision.add_routes(app)
         app.router.add_route("GET", "/health", self.health)
         app.router.add_route("GET", "/metrics", self.metrics)
         return app

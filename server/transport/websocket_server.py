@@ -51,7 +51,7 @@ def device_info_from(request: Request, remote: str) -> DeviceInfo:
     version = headers.get("Protocol-Version") or query.get("protocol-version")
     return DeviceInfo(device_id=device_id, client_id=client_id, remote=remote,
                       protocol_version=framing.negotiate_version(version),
-                      user_agent=headers.get("User-Agent", ""))
+                      user_agent=headers.get("User-Agent", ""), host=headers.get("Host", ""))
 
 
 def authorization_from(request: Request) -> str:

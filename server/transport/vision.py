@@ -1,0 +1,281 @@
+"""`POST /mcp/vision/explain`: the device's camera tool uploads a photo and a question; we ask a
+configured OpenAI-compatible vision model and answer with the firmware's expected JSON.
+
+The firmware (esp32_camera.cc `Explain`) sends multipart/form-data: a `question` field, then the
+JPEG as `file` (camera.jpg), chunked, with headers Device-Id, Client-Id and
+`Authorization: Bearer <token>`, where url and token come from the `vision` capability we gave it
+in the MCP `initialize`. It returns the response body verbatim as the tool result.
+
+Unlike the reference server there is no bypass header: every upload needs a token minted for
+that device and client, whether or not WebSocket auth is enabled, since each upload costs a paid
+model call. Vision tokens are signed with a key derived from the server secret, so a vision token
+is never a valid WebSocket token. The upload is streamed and cut at `max_image_bytes` instead of
+being read whole first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import BodyPartReader, web
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.transport.auth import TokenAuth
+
+log = logging.getLogger("server.vision")
+
+PATH = "/mcp/vision/explain"
+_MAX_QUESTION_BYTES = 4096
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+# Magic numbers of the formats vision APIs accept; the firmware always sends JPEG.
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+class VisionConfig(BaseModel):
+    """`vision:` section of config.yaml. The endpoint is enabled when `model` and `base_url` are set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # An OpenAI-compatible chat completions API with image input, e.g. https://api.openai.com/v1
+    # (gpt-4o-mini), https://dashscope.aliyuncs.com/compatible-mode/v1 (qwen-vl-plus),
+    # https://open.bigmodel.cn/api/paas/v4 (glm-4v-flash), or a local Ollama/vLLM /v1.
+    base_url: str = ""
+    api_key: str = ""
+    model: str = ""
+    timeout_s: float = Field(default=20, gt=0, le=120)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    max_tokens: int = Field(default=300, ge=16, le=4096)
+    # System prompt sent with every photo: short spoken answers in the question's language.
+    prompt: str = ("You see a photo taken by a small voice assistant's camera. Answer the question about it "
+                   "briefly and concretely, in the language of the question, in plain text without markdown.")
+    # The URL handed to devices in the MCP initialize. Empty: http://<host the device used to
+    # reach us>:<server.http_port>/mcp/vision/explain.
+    url: str = ""
+    # Lifetime of the per-session vision token (a new one is minted at each connection).
+    token_ttl_s: float = Field(default=24 * 3600, gt=60)
+    # Uploads analysed at once; more wait (each is a paid, slow model call).
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model and self.base_url)
+
+
+def vision_url_for(host_header: str, configured: str, http_port: int, path: str = PATH) -> str:
+    """The vision URL for a device that reached us at `host_header` (the WebSocket's Host)."""
+    if configured:
+        return configured
+    hostname = urlsplit(f"//{host_header.strip() or '127.0.0.1'}").hostname or "127.0.0.1"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"
+    return f"http://{hostname}:{http_port}{path}"
+
+
+def vision_token_auth(auth: TokenAuth, ttl_s: float) -> TokenAuth:
+    """A TokenAuth for vision tokens: same secret material, but a derived key, so vision tokens
+    and WebSocket tokens are never interchangeable."""
+    key = hmac.new(auth.secret, b"xiaozhi vision token v1", hashlib.sha256).hexdigest().encode()
+    return TokenAuth(secret=key, ttl_seconds=ttl_s, enabled=True)
+
+
+def image_mime(data: bytes) -> str | None:
+    for magic, mime in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, log_reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.log_reason = log_reason or message
+
+
+def _size(n: int) -> str:
+    return f"{n / 1048576:.1f} MB" if n >= 1048576 else f"{n / 1024:.0f} KB"
+
+
+def _json(data: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, ensure_ascii=False), status=status, content_type="application/json")
+
+
+class VisionHandler:
+    def __init__(self, config: VisionConfig, auth: TokenAuth, *, client: Any = None) -> None:
+        self.config = config
+        self.tokens = vision_token_auth(auth, config.token_ttl_s)
+        self._client = client  # an openai.AsyncOpenAI; created on first use when not given
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    # ------------------------------------------------------------------ for the session
+
+    def mint_token(self, device_id: str, client_id: str) -> str:
+        return self.tokens.mint(device_id.strip().lower(), client_id.strip())
+
+    def device_capability(self, device_id: str, client_id: str, host_header: str,
+                          http_port: int) -> tuple[str, str]:
+        """(url, token) for DeviceMcpClient(vision_url=..., vision_token=...); ("", "") when the
+        endpoint is not configured, so the device is not told to upload photos nobody reads."""
+        if not self.enabled:
+            return "", ""
+        return (vision_url_for(host_header, self.config.url, http_port),
+                self.mint_token(device_id, client_id))
+
+    # ------------------------------------------------------------------ HTTP
+
+    def add_routes(self, app: web.Application, path: str = PATH) -> None:
+        app.router.add_route("GET", path, self.handle_get)
+        app.router.add_route("POST", path, self.handle_post)
+
+    async def handle_get(self, request: web.Request) -> web.Response:
+        model = self.config.model if self.enabled else "not configured"
+        return web.Response(text=f"Vision endpoint. POST multipart/form-data (question, file) with Device-Id, "
+                                 f"Client-Id and Authorization: Bearer <token>. Model: {model}\n")
+
+    async def handle_post(self, request: web.Request) -> web.Response:
+        t0 = time.monotonic()
+        device_id = request.headers.get("Device-Id", "").strip().lower()
+        who = device_id or request.remote or "?"
+        try:
+            if not self.enabled:
+                raise _Reject(503, "vision is not configured on this server")
+            self._check_auth(request, device_id)
+            question, image = await self._read_upload(request)
+            mime = image_mime(image)
+            if mime is None:
+                raise _Reject(415, "the file is not a JPEG, PNG, GIF or WebP image")
+            async with self._slots:
+                answer = await self._ask(question, image, mime)
+        except _Reject as rej:
+            log.warning("[vision %s] rejected (%d): %s", who, rej.status, rej.log_reason)
+            # The firmware's camera tool drops the body of any non-200 answer and reports only
+            # "failed to upload": for failures on our side (model down, not configured) answer
+            # 200 with success false, so the message reaches the LLM and the user hears why.
+            status = 200 if rej.status in (502, 503, 504) else rej.status
+            return _json({"success": False, "message": rej.message}, status)
+        log.info("[vision %s] %r, %d KB %s -> %r in %.1f s", who, question[:80], len(image) // 1024, mime,
+                 answer[:120], time.monotonic() - t0)
+        return _json({"success": True, "action": "RESPONSE", "response": answer})
+
+    def _check_auth(self, request: web.Request, device_id: str) -> None:
+        client_id = request.headers.get("Client-Id", "").strip()
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not device_id or not token:
+            raise _Reject(401, "unauthorized", "no Device-Id header or no Bearer token")
+        reason = self.tokens.verify(token, device_id, client_id)
+        if reason is not None:
+            raise _Reject(401, "unauthorized", f"client {client_id or '-'}: {reason}")
+
+    async def _read_upload(self, request: web.Request) -> tuple[str, bytes]:
+        if not request.content_type.startswith("multipart/"):
+            raise _Reject(400, "expected multipart/form-data with a question field and an image file")
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise _Reject(400, "malformed multipart body", f"malformed multipart: {exc}") from None
+        question = ""
+        image: bytes | None = None
+        try:
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if not isinstance(part, BodyPartReader):
+                    raise _Reject(400, "nested multipart is not supported")
+                if part.name == "question":
+                    raw = await self._read_part(part, _MAX_QUESTION_BYTES, "the question is too long")
+                    question = raw.decode("utf-8", "replace").strip()
+                elif part.name in ("file", "image") and image is None:
+                    limit = self.config.max_image_bytes
+                    image = await self._read_part(part, limit, f"the image is larger than {_size(limit)}", 413)
+                else:
+                    await part.release()  # an unknown field: skip it
+        except _Reject:
+            raise
+        except (ValueError, AssertionError, ConnectionError) as exc:  # a broken body or a dropped upload
+            raise _Reject(400, "malformed multipart body", f"malformed multipart: {exc}") from None
+        if not image:
+            raise _Reject(400, "no image: send the photo as the multipart field 'file'")
+        return question or "What is in this photo?", image
+
+    @staticmethod
+    async def _read_part(part: BodyPartReader, limit: int, too_big: str, status: int = 400) -> bytes:
+        buf = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            buf += chunk
+            if len(buf) > limit:
+                raise _Reject(status, too_big)
+        return bytes(buf)
+
+    def _openai(self) -> Any:
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            self._client = AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key or "none",
+                                       # no retries: the device is waiting, and timeout_s
+                                       # is the whole budget
+                                       timeout=self.config.timeout_s, max_retries=0)
+        return self._client
+
+    async def _ask(self, question: str, image: bytes, mime: str) -> str:
+        import openai
+
+        cfg = self.config
+        # A 5 MB image encodes in a few milliseconds: not worth a thread hop.
+        data_uri = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+        messages: list[dict[str, Any]] = []
+        if cfg.prompt:
+            messages.append({"role": "system", "content": cfg.prompt})
+        messages.append({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri}},
+            {"type": "text", "text": question},
+        ]})
+        try:
+            response = await asyncio.wait_for(self._openai().chat.completions.create(
+                model=cfg.model, messages=messages, max_tokens=cfg.max_tokens), cfg.timeout_s + 2)
+        except (TimeoutError, openai.APITimeoutError):
+            raise _Reject(504, f"the vision model did not answer within {cfg.timeout_s:g} s",
+                          f"model {cfg.model} timed out after {cfg.timeout_s:g} s") from None
+        except openai.APIStatusError as exc:
+            raise _Reject(502, f"the vision model failed (HTTP {exc.status_code})",
+                          f"model {cfg.model} at {cfg.base_url}: HTTP {exc.status_code}: {str(exc)[:200]}") from None
+        except openai.APIError as exc:
+            raise _Reject(502, "the vision model could not be reached",
+                          f"model {cfg.model} at {cfg.base_url}: {type(exc).__name__}: {exc}") from None
+        try:
+            content = response.choices[0].message.content or ""
+        except (AttributeError, IndexError, TypeError):
+            raise _Reject(502, "the vision model returned no answer",
+                          f"unexpected response: {response!r:.200}") from None
+        answer = _THINK.sub("", content).strip()
+        if not answer:
+            raise _Reject(502, "the vision model returned an empty answer")
+        return answer
+
+    async def close(self) -> None:
+        if self._client is not None:
+            close = getattr(self._client, "close", None)
+            if close is not None:
+                await close()
