@@ -70,7 +70,7 @@ async def measure_asr(provider: Any, config: AppConfig, options: ComponentOption
 
     # Like the server's warm-up: the first call pays for allocations; time it separately.
     t0 = time.perf_counter()
-    await provider.transcribe(b"\x00\x00" * RATE // 2)
+    await provider.transcribe(b"\x00\x00" * (RATE // 2))
     report.warmup_s = round(time.perf_counter() - t0, 2)
 
     progress = console.progress(len(samples), "asr")
@@ -97,6 +97,7 @@ async def measure_asr(provider: Any, config: AppConfig, options: ComponentOption
         if english_only(provider):
             report.notes.append(
                 "the ASR model is English-only: Mandarin CER shows what a Mandarin speaker gets with this "
-                "config (near 100 %), not a measurement problem; configure a multilingual model for Chinese")
+                "config (useless; above 100 % when English words are inserted), not a measurement problem; "
+                "configure a multilingual model for Chinese")
         elif language not in (None, "auto", "zh"):
             report.notes.append(f"asr.language is {language!r}: Mandarin audio is decoded as that language")

@@ -42,6 +42,8 @@ class ComponentOptions:
 class ComponentReport:
     kind: str
     provider: str = ""
+    # Name in the report: the kind, or "kind[provider]" for the 2nd, 3rd... of a fallback chain.
+    key: str = ""
     status: str = "running"  # ok | failed | interrupted
     error: str | None = None
     load_s: float | None = None
@@ -69,44 +71,61 @@ def provider_context(config: AppConfig, root: Path) -> ProviderContext:
                            output_sample_rate=config.audio_out.sample_rate)
 
 
+def configured(config: AppConfig, kind: str) -> list[ProviderSettings]:
+    """The providers of a kind: one, or each member of a fallback chain (`tts: [edge, piper]`),
+    measured separately so the table shows what each would cost."""
+    settings = config.provider(kind)
+    return list(settings) if isinstance(settings, list) else [settings]
+
+
 async def run_components(config: AppConfig, root: Path, kinds: Sequence[str], options: ComponentOptions,
                          console: Console, reports: list[ComponentReport],
                          factory: ProviderFactory = build_provider) -> list[ComponentReport]:
-    """Measure each kind in turn, appending to `reports` as it goes (so an interrupted run keeps
-    what was measured). Providers are loaded one at a time and closed afterwards, which keeps
-    the models from competing for the CPU and memory of a small machine."""
+    """Measure each provider in turn, appending to `reports` as it goes (so an interrupted run
+    keeps what was measured). Providers are loaded one at a time and closed afterwards, which
+    keeps the models from competing for the CPU and memory of a small machine."""
     measurers = _measurers()
     ctx = provider_context(config, root)
     for kind in kinds:
-        report = ComponentReport(kind)
-        reports.append(report)
-        provider: Any = None
-        try:
-            provider = factory(kind, config.provider(kind), ctx)
-            report.provider = getattr(provider, "name", kind)
-            if kind == "llm" and hasattr(provider, "language"):
-                provider.language = config.assistant.language  # as build_services does
-            console.log(f"{kind}: loading {report.provider}")
-            t0 = time.perf_counter()
-            await provider.load()
-            report.load_s = round(time.perf_counter() - t0, 2)
-            await measurers[kind](provider, config, options, console, report)
-            failed = [i for i in report.items if i.get("error")]
-            if report.items and len(failed) == len(report.items):
-                report.status, report.error = "failed", f"every item failed; first: {failed[0]['error']}"
-            else:
-                report.status = "ok"
-        except asyncio.CancelledError:
-            report.status = "interrupted"
-            raise
-        except Exception as exc:  # noqa: BLE001 - any provider failure is a result, not a crash
-            report.status, report.error = "failed", describe_error(exc)
-            console.log(f"{kind}: FAILED: {report.error}")
-        finally:
-            if provider is not None:
-                with contextlib.suppress(Exception):
-                    await provider.close()
+        for index, settings in enumerate(configured(config, kind)):
+            report = ComponentReport(kind, key=kind)
+            reports.append(report)
+            await _measure_one(kind, index, settings, config, options, console, report, ctx, factory,
+                               measurers[kind])
     return reports
+
+
+async def _measure_one(kind: str, index: int, settings: ProviderSettings, config: AppConfig,
+                       options: ComponentOptions, console: Console, report: ComponentReport,
+                       ctx: ProviderContext, factory: ProviderFactory, measure: Measure) -> None:
+    provider: Any = None
+    try:
+        provider = factory(kind, settings, ctx)
+        report.provider = getattr(provider, "name", kind)
+        if index:
+            report.key = f"{kind}[{report.provider}]"
+        if kind == "llm" and hasattr(provider, "language"):
+            provider.language = config.assistant.language  # as build_services does
+        console.log(f"{kind}: loading {report.provider}")
+        t0 = time.perf_counter()
+        await provider.load()
+        report.load_s = round(time.perf_counter() - t0, 2)
+        await measure(provider, config, options, console, report)
+        failed = [i for i in report.items if i.get("error")]
+        if report.items and len(failed) == len(report.items):
+            report.status, report.error = "failed", f"every item failed; first: {failed[0]['error']}"
+        else:
+            report.status = "ok"
+    except asyncio.CancelledError:
+        report.status = "interrupted"
+        raise
+    except Exception as exc:  # noqa: BLE001 - any provider failure is a result, not a crash
+        report.status, report.error = "failed", describe_error(exc)
+        console.log(f"{kind}: FAILED: {report.error}")
+    finally:
+        if provider is not None:
+            with contextlib.suppress(Exception):
+                await provider.close()
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,14 +1,18 @@
 """LLM: time to first token, time to first speakable clause, tokens per second, success rate.
 
-Requests are built the way a session builds them: the configured persona through
-`system_prompt`, the date/time context, `Dialogue().messages`, and the tools the server offers
-(none yet). The first clause is found by the server's own SentenceSplitter, because that, not the
-first token, is when TTS can start.
+Requests are built the way a session builds them (Session.build_messages + Responder): the
+configured persona through `system_prompt`, the context from `build_context` (time, and what the
+device can do), `Dialogue().messages` with the history token budget, and the tool list offered
+in function_call mode to providers that support tools. The tools are those a firmware device
+announces over MCP (server.devsim's default tools); process-wide plugin tools are not included.
+The first clause is found by the server's own SentenceSplitter, because that, not the first
+token, is when TTS can start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -17,24 +21,44 @@ from server.bench.console import Console
 from server.bench.stats import summarize
 from server.bench.testset import LLM_PROMPTS
 from server.config.schema import AppConfig
-from server.pipeline.dialogue import Dialogue, system_prompt, time_context
+from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.splitter import SentenceSplitter
 from server.providers.base import LLMRequest
-
-# The tool list sessions pass to the LLM. Sessions send none today (LLMRequest.tools is empty);
-# when device/plugin tools are offered, build them here the same way.
-SERVER_TOOLS: list[dict[str, Any]] = []
+from server.tools.base import ToolSpec
 
 
-def build_request(config: AppConfig, prompt: str, max_tokens: int | None = None) -> LLMRequest:
+def device_tools() -> list[ToolSpec]:
+    """The MCP tools a current firmware announces, as the session's toolbox would list them."""
+    from server.devsim import DeviceStatus, default_tools
+
+    specs = []
+    for tool in default_tools(DeviceStatus()):
+        schema = json.loads(tool.to_json())
+        specs.append(ToolSpec(schema["name"], schema["description"], schema["inputSchema"]))
+    return specs
+
+
+def offered_tools(provider: Any, config: AppConfig) -> list[dict[str, Any]]:
+    """What Responder puts in the request: nothing in nointent/intent_llm mode or for a provider
+    without tool calling (the embedded llama.cpp model), else every tool's OpenAI schema."""
+    if config.intent.mode != "function_call" or not getattr(provider, "supports_tools", False):
+        return []
+    return [spec.openai_schema() for spec in device_tools()]
+
+
+def build_request(config: AppConfig, prompt: str, tools: list[dict[str, Any]] | None = None,
+                  max_tokens: int | None = None) -> LLMRequest:
     a = config.assistant
+    capabilities = [spec.description.split(".")[0] for spec in device_tools()]
     messages = Dialogue(max_turns=a.max_history_turns).messages(
-        system_prompt(a.prompt, a.name, a.language), prompt, context=time_context(a.language))
-    return LLMRequest(messages=messages, tools=list(SERVER_TOOLS), max_tokens=max_tokens)
+        system_prompt(a.prompt, a.name, a.language), prompt,
+        context=build_context(a.language, capabilities=capabilities), token_budget=a.history_token_budget)
+    return LLMRequest(messages=messages, tools=list(tools or []), max_tokens=max_tokens)
 
 
-async def _ask(provider: Any, config: AppConfig, prompt: str, item: dict[str, Any], timeout_s: float) -> None:
-    request = build_request(config, prompt)
+async def _ask(provider: Any, config: AppConfig, prompt: str, item: dict[str, Any], timeout_s: float,
+               tools: list[dict[str, Any]]) -> None:
+    request = build_request(config, prompt, tools)
     splitter = SentenceSplitter()
     pieces: list[str] = []
     reply = ""
@@ -74,7 +98,7 @@ async def _ask(provider: Any, config: AppConfig, prompt: str, item: dict[str, An
         chars_per_s=round(len(reply) / (last_token - first_token), 1)
         if first_token and last_token and last_token > first_token else None,
     )
-    if "error" not in item and not pieces:
+    if "error" not in item and not pieces and not item.get("tool_calls"):
         item["error"] = "nothing speakable in the reply"
     item["ok"] = "error" not in item
 
@@ -92,10 +116,11 @@ async def measure_llm(provider: Any, config: AppConfig, options: ComponentOption
             pass
     report.warmup_s = round(time.perf_counter() - t0, 2)
 
+    tools = offered_tools(provider, config)
     progress = console.progress(len(prompts), "llm")
     for prompt in prompts:
         item: dict[str, Any] = {"prompt": prompt}
-        await timed_item(report, item, _ask(provider, config, prompt, item, options.llm_timeout_s))
+        await timed_item(report, item, _ask(provider, config, prompt, item, options.llm_timeout_s, tools))
         item.setdefault("ok", False)
         detail = (f"ttft {item['ttft_ms']:.0f} ms, clause {item['first_clause_ms']:.0f} ms"
                   if item.get("ok") else f"failed: {item.get('error')}")
@@ -111,9 +136,18 @@ async def measure_llm(provider: Any, config: AppConfig, options: ComponentOption
         "total_ms": summarize(i["total_ms"] for i in ok),
         "tokens_per_s": summarize(i.get("tokens_per_s") for i in ok),
         "chars_per_s": summarize(i.get("chars_per_s") for i in ok),
-        "tools_offered": len(SERVER_TOOLS),
+        "tools_offered": len(tools),
+        "tool_calls": sum(i.get("tool_calls", 0) for i in report.items),
     }
     report.notes.append("tokens_per_s counts streamed chunks after the first (one per token for llama.cpp and "
                         "OpenAI-style streams; a stop-sequence look-ahead can merge a few)")
-    if not SERVER_TOOLS:
-        report.notes.append("the server offers the LLM no tools yet, so requests carry none")
+    if not tools:
+        why = (f"intent.mode is {config.intent.mode}" if config.intent.mode != "function_call"
+               else "the provider does not support tool calling")
+        report.notes.append(f"requests carry no tools ({why}), as in the server")
+    else:
+        report.notes.append(f"{len(tools)} device tools offered; a reply that calls a tool is timed up to the "
+                            "call (tool rounds are measured end to end)")
+    if config.intent.mode == "intent_llm":
+        report.notes.append("intent.mode is intent_llm: the server makes an extra classification call before "
+                            "this one when tools exist; only the answering call is timed here")

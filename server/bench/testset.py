@@ -1,8 +1,8 @@
 """What the tester says and asks: built-in sentences, prompts and questions, user test folders,
 and the error rates (WER for English, CER for Mandarin).
 
-Sentences avoid digits on purpose: espeak reads "2" as "two" and an ASR may write either, which
-would count as an error that is really a formatting choice.
+Sentences spell numbers out, and the English normalizer turns numerals 0-99 into words, because
+an ASR may write "10" for "ten": a formatting choice, not a recognition error.
 """
 
 from __future__ import annotations
@@ -191,11 +191,30 @@ def trim_silence(pcm: bytes) -> bytes:
 # ------------------------------------------------------------------------------- error rates
 
 _WORD = re.compile(r"[a-z0-9']+")
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def number_words(n: int) -> list[str]:
+    """0-99 as words: ASR models write "10" where the speaker (and our reference) said "ten";
+    that is formatting, not a recognition error."""
+    if n < 20:
+        return [_ONES[n]]
+    tens, ones = divmod(n, 10)
+    return [_TENS[tens]] + ([_ONES[ones]] if ones else [])
 
 
 def normalize_words(text: str) -> list[str]:
     text = unicodedata.normalize("NFKC", text).lower().replace("’", "'")
-    return [w.strip("'") for w in _WORD.findall(text) if w.strip("'")]
+    out: list[str] = []
+    for word in _WORD.findall(text):
+        word = word.strip("'")
+        if word.isdigit() and int(word) < 100:
+            out += number_words(int(word))
+        elif word:
+            out.append(word)
+    return out
 
 
 def normalize_chars(text: str) -> list[str]:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.devices.mcp_client import DeviceToolsConfig
 from server.memory.manager import MemoryConfig
-from server.transport.vision import VisionConfig
 from server.providers.base import ProviderSettings
+from server.transport.vision import VisionConfig
 
 
 class Strict(BaseModel):
