@@ -1,0 +1,143 @@
+"""Speech recognition through any OpenAI-compatible `/audio/transcriptions` endpoint: OpenAI
+(whisper-1, gpt-4o-mini-transcribe), SiliconFlow (FunAudioLLM/SenseVoiceSmall), Groq
+(whisper-large-v3-turbo), a local faster-whisper / speaches server.
+
+The reference server posted with sync `requests` and no timeout from inside a coroutine, so one
+slow upload froze every device on the loop. Here the async SDK uploads a WAV built from the
+utterance's PCM, bounded by `timeout_s`, retried on 429/5xx/network errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+from pydantic import Field
+
+from server.providers.base import PCM_RATE, Provider, ProviderError, ProviderSettings, ProviderUnavailable, Transcript
+
+log = logging.getLogger("server.providers")
+
+# Shorter clips are rejected by OpenAI ("audio too short") and carry no words anyway.
+MIN_AUDIO_S = 0.1
+
+# SenseVoice tags (`<|zh|><|HAPPY|><|Speech|><|withitn|>text`), which some hosts pass through.
+_TAG = re.compile(r"<\|([^|]*)\|>")
+_LANGS = {"zh", "en", "yue", "ja", "ko"}
+_EMOTIONS = {"HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED"}
+
+
+class OpenAIASRSettings(ProviderSettings):
+    type: str = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str = ""  # empty for local servers that need none
+    # whisper-1 | gpt-4o-mini-transcribe (OpenAI), FunAudioLLM/SenseVoiceSmall (SiliconFlow),
+    # whisper-large-v3-turbo (Groq), whatever model a local server loaded.
+    model: str = "whisper-1"
+    # ISO-639-1 code ("zh", "en"...) to skip language detection; None or "auto": detect.
+    language: str | None = None
+    # Vocabulary or style hint (names, the wake word...); empty: none.
+    prompt: str = ""
+    # Whole request: upload, recognition, answer.
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_backoff_s: float = Field(default=0.3, ge=0, le=30)
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # extra form fields
+
+
+def parse_tags(text: str) -> tuple[str, str | None, str | None]:
+    """Strip SenseVoice-style tags; return (text, language, emotion)."""
+    language = emotion = None
+    for tag in _TAG.findall(text):
+        if tag in _LANGS and language is None:
+            language = tag
+        elif tag in _EMOTIONS and emotion is None:
+            emotion = tag.lower()
+    return _TAG.sub("", text).strip(), language, emotion
+
+
+class OpenAIASR(Provider):
+    kind = "asr"
+    local = False
+    Settings = OpenAIASRSettings
+    settings: OpenAIASRSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+
+    async def load(self) -> None:
+        from server.providers.llm.openai_llm import make_client
+
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise ProviderUnavailable("asr.openai: pip install openai") from None
+        s = self.settings
+        try:
+            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
+        except ProviderUnavailable as exc:
+            raise ProviderUnavailable(f"{self.name}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+        await super().close()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.settings.model} at {self.settings.base_url})"
+
+    async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript:
+        from server.audio.pcm import write_wav
+        from server.providers.llm.openai_llm import OpenAIProviderError, backoff_s
+
+        if self._client is None:
+            raise ProviderError(self.name, "not loaded")
+        if len(pcm) / 2 / sample_rate < MIN_AUDIO_S:
+            return Transcript(text="")
+        s = self.settings
+        wav = write_wav(pcm, sample_rate)  # a header and a copy: microseconds, fine on the loop
+        attempt = 0
+        while True:
+            try:
+                return await self._request(wav)
+            except OpenAIProviderError as exc:
+                if not exc.retryable or attempt >= s.retries:
+                    raise
+                attempt += 1
+                delay = backoff_s(attempt, s.retry_backoff_s, exc.retry_after)
+                log.warning("%s: %s; retry %d/%d in %.2f s", self.name, exc, attempt, s.retries, delay)
+                await asyncio.sleep(delay)
+
+    async def _request(self, wav: bytes) -> Transcript:
+        from server.providers.llm.openai_llm import OpenAIProviderError, provider_error, request_headers
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"file": ("speech.wav", wav, "audio/wav"), "model": s.model}
+        if s.language and s.language != "auto":
+            kwargs["language"] = s.language
+        if s.prompt:
+            kwargs["prompt"] = s.prompt
+        if s.extra_body:
+            kwargs["extra_body"] = dict(s.extra_body)
+        headers = request_headers(s.api_key)
+        if headers:
+            kwargs["extra_headers"] = headers
+        try:
+            # The SDK's own timeout covers connect and each read; this bounds the whole call.
+            async with asyncio.timeout(s.timeout_s):
+                result = await self._client.audio.transcriptions.create(**kwargs)
+        except TimeoutError:
+            raise OpenAIProviderError(self.name, f"no answer from {s.base_url} within {s.timeout_s:g} s (timeout_s)",
+                                      retryable=True) from None
+        except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
+            raise provider_error(self.name, exc, s.base_url, s.timeout_s) from exc
+        raw = result if isinstance(result, str) else str(getattr(result, "text", "") or "")
+        text, language, emotion = parse_tags(raw)
+        if language is None and s.language and s.language != "auto":
+            language = s.language
+        return Transcript(text=text, language=language, emotion=emotion)
+

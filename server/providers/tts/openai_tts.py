@@ -1,0 +1,302 @@
+"""Speech through any OpenAI-compatible `/audio/speech` endpoint (OpenAI tts-1 /
+gpt-4o-mini-tts, SiliconFlow CosyVoice, a local server), streamed.
+
+The body is read as it arrives and every piece is yielded at once as PCM, so the first audio
+reaches the pacer while the server is still synthesizing. Two formats need no decoder:
+- `pcm`: raw 16-bit little-endian mono; OpenAI sends 24 kHz (`pcm_sample_rate`);
+- `wav`: the header is parsed from the stream; streaming servers write 0 or 0xFFFFFFFF as the
+  sizes (the length is unknown when the header goes out), which means "until the end".
+A server that ignores `pcm` and answers WAV anyway is recognised by its RIFF header. MP3 is left
+out here: it needs the in-process decoder (server/audio/mp3.py).
+
+Retries happen only before the first chunk: a sentence cannot restart once the user heard part
+of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import Field
+
+from server.providers.base import AudioChunk, Provider, ProviderError, ProviderSettings, ProviderUnavailable
+
+log = logging.getLogger("server.providers")
+
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+_PCM_SUBFORMAT = 1  # WAVE_FORMAT_PCM, also the first two bytes of an EXTENSIBLE sub-format GUID
+
+
+class OpenAITTSSettings(ProviderSettings):
+    type: str = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str = ""  # empty for local servers that need none
+    # tts-1 | tts-1-hd | gpt-4o-mini-tts (OpenAI); FunAudioLLM/CosyVoice2-0.5B (SiliconFlow)...
+    model: str = "tts-1"
+    # alloy, nova, ... (OpenAI); "FunAudioLLM/CosyVoice2-0.5B:alex" (SiliconFlow)...
+    voice: str = "alloy"
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    # Style prompt for models that take one (gpt-4o-mini-tts); empty: none.
+    instructions: str = ""
+    response_format: Literal["pcm", "wav"] = "pcm"
+    # The rate of `pcm` answers (OpenAI: 24000; SiliconFlow lets extra_body.sample_rate pick it).
+    pcm_sample_rate: int = Field(default=24000, ge=8000, le=48000)
+    # Connect timeout, and the longest silence between two pieces of the body.
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=1, ge=0, le=5)
+    retry_backoff_s: float = Field(default=0.3, ge=0, le=30)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- stream decoding
+
+
+class PcmStream:
+    """Raw PCM16 mono: only keeps sample alignment across network chunks."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._odd = b""
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._odd + data
+        cut = len(data) - len(data) % 2
+        self._odd = data[cut:]
+        return data[:cut]
+
+    def finish(self) -> None:
+        """Called at the end of the body; raises ValueError when it was not valid."""
+
+
+class WavStream:
+    """A WAV file arriving in pieces: header parsed incrementally, PCM16 out (stereo averaged to
+    mono), sizes 0/0xFFFFFFFF read as "until the end of the body"."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0  # parse position in _buf while in the header
+        self.sample_rate = 0
+        self.channels = 0
+        self._in_data = False
+        self._remaining: int | None = None  # data bytes still expected; None: until EOF
+        self._carry = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if not self._in_data:
+            self._buf += data
+            if not self._parse_header():
+                return b""
+            data = bytes(self._buf[self._pos:])
+            self._buf = bytearray()
+        if self._remaining is not None:
+            data = data[:self._remaining]
+            self._remaining -= len(data)
+        data = self._carry + data
+        frame = 2 * self.channels
+        cut = len(data) - len(data) % frame
+        self._carry = data[cut:]
+        return self._to_mono(data[:cut])
+
+    def finish(self) -> None:
+        if not self._in_data:
+            raise ValueError("the body ended inside the WAV header")
+
+    def _parse_header(self) -> bool:
+        """Advance through RIFF/fmt/other chunks; True once positioned at the data."""
+        buf = self._buf
+        if self._pos == 0:
+            if len(buf) < 12:
+                return False
+            if buf[:4] != b"RIFF" or buf[8:12] != b"WAVE":
+                raise ValueError(f"not a WAV stream (starts with {bytes(buf[:12])!r})")
+            self._pos = 12
+        while True:
+            if len(buf) < self._pos + 8:
+                return False
+            chunk_id = bytes(buf[self._pos:self._pos + 4])
+            (size,) = struct.unpack_from("<I", buf, self._pos + 4)
+            body = self._pos + 8
+            if chunk_id == b"data":
+                if not self.channels:
+                    raise ValueError("WAV data chunk before its fmt chunk")
+                self._remaining = None if size in _UNKNOWN_SIZES else size
+                self._pos = body
+                self._in_data = True
+                return True
+            if len(buf) < body + size:
+                return False
+            if chunk_id == b"fmt ":
+                self._read_fmt(bytes(buf[body:body + size]))
+            self._pos = body + size + (size & 1)  # chunks are padded to even sizes
+
+    def _read_fmt(self, fmt: bytes) -> None:
+        if len(fmt) < 16:
+            raise ValueError("WAV fmt chunk too short")
+        tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", fmt)
+        if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real tag is in the GUID
+            (tag,) = struct.unpack_from("<H", fmt, 24)
+        if tag != _PCM_SUBFORMAT or bits != 16 or channels < 1:
+            raise ValueError(f"unsupported WAV encoding (format {tag}, {bits} bit, {channels} channels); "
+                             "only 16-bit PCM is read")
+        self.sample_rate, self.channels = rate, channels
+
+    def _to_mono(self, pcm: bytes) -> bytes:
+        if self.channels == 1 or not pcm:
+            return pcm
+        import numpy as np
+
+        frames = np.frombuffer(pcm, dtype=np.int16).reshape(-1, self.channels)
+        return frames.mean(axis=1).astype(np.int16).tobytes()
+
+
+class _SniffingStream:
+    """`pcm` was asked for, but some servers send WAV regardless: decide on the first 4 bytes."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self._head = b""
+        self._inner: PcmStream | WavStream | None = None
+        self._pcm_rate = sample_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self._inner.sample_rate if self._inner is not None else self._pcm_rate
+
+    def feed(self, data: bytes) -> bytes:
+        if self._inner is None:
+            self._head += data
+            if len(self._head) < 4:
+                return b""
+            if self._head.startswith(b"RIFF"):
+                log.info("tts.openai: asked for raw pcm, the server sent WAV; reading its header")
+                self._inner = WavStream()
+            else:
+                self._inner = PcmStream(self._pcm_rate)
+            data, self._head = self._head, b""
+        return self._inner.feed(data)
+
+    def finish(self) -> None:
+        if self._inner is None and self._head:
+            raise ValueError("the body is shorter than one sample")
+        if self._inner is not None:
+            self._inner.finish()
+
+
+# --------------------------------------------------------------------------- provider
+
+
+class OpenAITTS(Provider):
+    kind = "tts"
+    local = False
+    Settings = OpenAITTSSettings
+    settings: OpenAITTSSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+
+    async def load(self) -> None:
+        from server.providers.llm.openai_llm import make_client
+
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise ProviderUnavailable("tts.openai: pip install openai") from None
+        s = self.settings
+        try:
+            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
+        except ProviderUnavailable as exc:
+            raise ProviderUnavailable(f"{self.name}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+        await super().close()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.settings.model}, {self.settings.voice})"
+
+    def request_params(self, text: str) -> dict[str, Any]:
+        from server.providers.llm.openai_llm import request_headers
+
+        s = self.settings
+        params: dict[str, Any] = {"model": s.model, "voice": s.voice, "input": text,
+                                  "response_format": s.response_format}
+        if s.speed != 1.0:
+            params["speed"] = s.speed
+        if s.instructions:
+            params["instructions"] = s.instructions
+        if s.extra_body:
+            params["extra_body"] = dict(s.extra_body)
+        headers = request_headers(s.api_key)
+        if headers:
+            params["extra_headers"] = headers
+        return params
+
+    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        from server.providers.llm.openai_llm import OpenAIProviderError, backoff_s
+
+        if self._client is None:
+            raise ProviderError(self.name, "not loaded")
+        if not text.strip():
+            return
+        s = self.settings
+        attempt = 0
+        while True:
+            produced = False
+            try:
+                async with contextlib.aclosing(self._attempt(text)) as chunks:
+                    async for chunk in chunks:
+                        produced = True
+                        yield chunk
+                return
+            except OpenAIProviderError as exc:
+                if produced or not exc.retryable or attempt >= s.retries:
+                    raise
+                attempt += 1
+                delay = backoff_s(attempt, s.retry_backoff_s, exc.retry_after)
+                log.warning("%s: %s; retry %d/%d in %.2f s", self.name, exc, attempt, s.retries, delay)
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, text: str) -> AsyncIterator[AudioChunk]:
+        import httpx2
+
+        from server.providers.llm.openai_llm import OpenAIProviderError, provider_error
+
+        s = self.settings
+        decoder: PcmStream | WavStream | _SniffingStream = (
+            _SniffingStream(s.pcm_sample_rate) if s.response_format == "pcm" else WavStream())
+        total = 0
+        try:
+            async with self._client.audio.speech.with_streaming_response.create(**self.request_params(text)) as resp:
+                content_type = resp.headers.get("content-type", "").lower()
+                if content_type.startswith(("application/json", "text/")):
+                    body = (await resp.read())[:300].decode(errors="replace")
+                    raise OpenAIProviderError(self.name, f"{s.base_url} answered {content_type} instead of audio: "
+                                                         f"{body}", retryable=False, status=resp.status_code)
+                # Closing the generator early exits this block, which closes the connection.
+                async for data in resp.iter_bytes():
+                    pcm = decoder.feed(data)
+                    if pcm:
+                        total += len(pcm)
+                        yield AudioChunk(pcm=pcm, sample_rate=decoder.sample_rate)
+                decoder.finish()
+        except OpenAIProviderError:
+            raise
+        except ValueError as exc:
+            raise OpenAIProviderError(self.name, f"bad audio from {s.base_url}: {exc}") from exc
+        except httpx2.TimeoutException as exc:
+            raise OpenAIProviderError(self.name, f"{s.base_url} stalled for {s.timeout_s:g} s (timeout_s)",
+                                      retryable=True) from exc
+        except httpx2.RequestError as exc:  # the body broke off (the SDK wraps only the request)
+            raise OpenAIProviderError(self.name, f"audio stream from {s.base_url} broke: "
+                                                 f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
+            raise provider_error(self.name, exc, s.base_url, s.timeout_s) from exc
+        if total == 0:
+            raise OpenAIProviderError(self.name, f"{s.base_url} sent no audio for {text[:40]!r}", retryable=True)
