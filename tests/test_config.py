@@ -114,3 +114,14 @@ def test_cli_check_ok() -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "config OK" in proc.stdout
+
+
+def test_readme_production_profile_is_a_valid_override(tmp_path: Path) -> None:
+    """The Chinese production profile in the README must stay copy-pasteable."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Chinese production profile", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    cfg = load_config(write(tmp_path, block), env={"DEEPSEEK_API_KEY": "sk-test"})
+    assert cfg.asr.type == "funasr" and cfg.llm.type == "openai" and cfg.llm.api_key == "sk-test"
+    assert [t.type for t in cfg.tts] == ["edge", "piper"]
+    assert cfg.assistant.language == "zh"

@@ -10,7 +10,7 @@ import pytest
 
 from server.devsim import SimDevice
 from server.devsim.server_process import ServerProcess
-from tests.conftest import similarity, speech, transcribe, words
+from tests.conftest import matches_subtitles, similarity, speech, transcribe, words
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def check_reply(result, whisper, *, declared_rate: int = 24000) -> str:
     heard = transcribe(whisper, result.reply_pcm, result.reply_sample_rate)
     assert len(words(heard)) >= 2, f"reply audio is not speech: {heard!r} (sentences {result.sentences})"
     # What we heard is what the subtitles said (the audio belongs to this turn's text).
-    assert similarity(heard, " ".join(result.sentences)) > 0.5, (heard, result.sentences)
+    assert matches_subtitles(heard, result.sentences), (heard, result.sentences)
     return heard
 
 
