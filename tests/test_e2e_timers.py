@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 async def quick_server() -> AsyncIterator[ServerProcess]:
-    async with start_server({"session": {"hello_timeout_s": 1.5, "idle_timeout_s": 3}}) as proc:
+    async with start_server({"session": {"hello_timeout_s": 1.5, "idle_timeout_s": 3,
+                                         "wake_reply": "I'm listening."}}) as proc:
         yield proc
 
 
@@ -63,3 +64,16 @@ async def test_activity_postpones_the_idle_goodbye(quick_server: ServerProcess) 
         said = [m["text"] for m in dev.messages("tts", "sentence_start")]
         assert phrase("idle_goodbye", "en") not in said
         assert not [e for e in dev.events if e.kind == "close"]
+
+
+async def test_wake_word_gets_the_instant_reply(quick_server: ServerProcess, whisper) -> None:
+    async with SimDevice() as dev:
+        await dev.ota(quick_server.http_url)
+        await dev.connect()
+        t0 = time.monotonic()
+        await dev.send_wake_word(b"\x00\x00" * 16000, wake_word="你好小智")
+        stop = await dev.wait_for(lambda e: e.is_msg("tts", "stop"), timeout=10)
+        assert [m["text"] for m in dev.messages("tts", "sentence_start")] == ["I'm listening."]
+        pcm = b"".join(e.pcm for e in dev.events if e.kind == "binary" and e.accepted and e.pcm)
+        assert "listening" in transcribe(whisper, pcm, dev.decode_sample_rate).lower()
+        assert stop.t - t0 < 5
