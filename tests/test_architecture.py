@@ -33,7 +33,7 @@ def test_protocol_is_pure(path: Path) -> None:
     assert {m for m in our_imports(path) if not m.startswith("server.protocol")} == set()
 
 
-@pytest.mark.parametrize("path", [p for p in files("server/providers")], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", files("server/providers"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_providers_import_only_provider_base_and_audio_helpers(path: Path) -> None:
     allowed = ("server.providers", "server.audio")
     assert {m for m in our_imports(path) if not m.startswith(allowed)} == set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,15 @@ import pytest
 from server.audio.pcm import read_wav
 from server.providers.asr.openai_asr import OpenAIASR, parse_tags
 from server.providers.base import ChatMessage, LLMDelta, LLMRequest, ProviderContext, ProviderError, ToolCall
-from server.providers.llm.openai_llm import (
-    OpenAILLM,
+from server.providers.llm.openai_llm import OpenAILLM
+from server.providers.llm.openai_text import (
     SpeechFilter,
     ToolCallAccumulator,
     parse_text_tool_calls,
     thinking_params,
     thinking_vendor,
 )
-from server.providers.tts.openai_tts import OpenAITTS, WavStream
+from server.providers.tts.openai_tts import Mp3Stream, OpenAITTS, WavStream
 
 try:
     from tests.fakes.openai_server import (
@@ -497,6 +498,38 @@ async def test_tts_wav_stream_with_any_size_fields(fake: FakeOpenAIServer, make:
     assert rates == {24000} and len(sizes) > 3
     assert pcm == reference  # the header was taken off, nothing else
     assert fake.last("/audio/speech").body["response_format"] == "wav"
+
+
+async def test_tts_mp3_is_decoded_on_the_provider_thread(fake: FakeOpenAIServer, make: Factory,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.audio.mp3 import Mp3StreamDecoder
+
+    threads: set[str] = set()
+    feed = Mp3StreamDecoder.feed
+
+    def recording_feed(self: Mp3StreamDecoder, data: bytes) -> bytes:
+        threads.add(threading.current_thread().name)
+        return feed(self, data)
+
+    monkeypatch.setattr(Mp3StreamDecoder, "feed", recording_feed)
+    pcm_tts = await make(OpenAITTS)
+    mp3_tts = await make(OpenAITTS, response_format="mp3")
+    reference, _, _ = await _speak(pcm_tts, "Testing the MP3 format.")
+    fake.speech_script.append(SpeechReply(chunk_bytes=1001))
+    pcm, sizes, rates = await _speak(mp3_tts, "Testing the MP3 format.")
+    assert fake.last("/audio/speech").body["response_format"] == "mp3"
+    assert rates == {24000} and len(sizes) > 3 and all(n % 2 == 0 for n in sizes)  # streamed, whole samples
+    # The same speech: MP3 only adds encoder delay and padding (a few frames of 1152 samples).
+    assert abs(len(pcm) - len(reference)) / 2 / 24000 < 0.2
+    assert _rms(pcm) > 0.5 * _rms(reference)
+    assert threads and all(name.startswith("tts-openai") for name in threads)  # never on the loop
+
+
+def test_mp3_stream_rejects_a_body_that_is_not_mp3() -> None:
+    stream = Mp3Stream()
+    assert stream.feed(b"this is not audio at all " * 40) == b""
+    with pytest.raises(ValueError, match="could not be decoded as MP3"):
+        stream.finish()
 
 
 async def test_tts_errors(fake: FakeOpenAIServer, make: Factory) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from server.providers.base import AudioChunk, LLMDelta, LLMRequest, ProviderError, Transcript
 
 log = logging.getLogger("server.providers")
+
+T = TypeVar("T")
 
 
 class FallbackChain:
@@ -58,18 +60,18 @@ class FallbackChain:
     def _all_failed(self, errors: list[str]) -> ProviderError:
         return ProviderError(self.name, "all providers failed: " + "; ".join(errors), retryable=True)
 
-
-class FallbackTTS(FallbackChain):
-    kind = "tts"
-
-    async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+    async def _stream(self, open_stream: Callable[[Any], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Yield the items of `open_stream(provider)` from the first provider that gets through.
+        A provider that fails before its first item is cooled down and the next one tried; one
+        that fails after it is cooled down too, but its error ends the stream (the user already
+        heard the start)."""
         errors: list[str] = []
         for provider in self.order():
             started = False
             try:
-                async for chunk in provider.synthesize(text):
+                async for item in open_stream(provider):
                     started = True
-                    yield chunk
+                    yield item
             except ProviderError as exc:
                 self.failed(provider, exc)
                 if started:
@@ -79,6 +81,13 @@ class FallbackTTS(FallbackChain):
             self.succeeded(provider)
             return
         raise self._all_failed(errors)
+
+
+class FallbackTTS(FallbackChain):
+    kind = "tts"
+
+    def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
+        return self._stream(lambda provider: provider.synthesize(text))
 
 
 class FallbackLLM(FallbackChain):
@@ -88,25 +97,13 @@ class FallbackLLM(FallbackChain):
     def supports_tools(self) -> bool:
         return getattr(self.order()[0], "supports_tools", False)
 
-    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
-        errors: list[str] = []
-        for provider in self.order():
-            started = False
-            try:
-                tools = request.tools if getattr(provider, "supports_tools", False) else []
-                req = LLMRequest(request.messages, tools, request.temperature, request.max_tokens)
-                async for delta in provider.stream(req):
-                    started = True
-                    yield delta
-            except ProviderError as exc:
-                self.failed(provider, exc)
-                if started:
-                    raise
-                errors.append(str(exc))
-                continue
-            self.succeeded(provider)
-            return
-        raise self._all_failed(errors)
+    def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
+        def open_stream(provider: Any) -> AsyncIterator[LLMDelta]:
+            # Tools only for a provider that takes them: the next one may be a local model without.
+            tools = request.tools if getattr(provider, "supports_tools", False) else []
+            return provider.stream(LLMRequest(request.messages, tools, request.temperature, request.max_tokens))
+
+        return self._stream(open_stream)
 
 
 class FallbackASR(FallbackChain):

@@ -23,7 +23,7 @@ from server.memory.manager import SessionMemory
 from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.phrases import phrase
 from server.pipeline.responder import Responder
-from server.pipeline.segmenter import Segmenter, SegmenterConfig, SegmentEvent
+from server.pipeline.segmenter import SegmenterConfig
 from server.protocol import (
     Abort,
     FramingError,
@@ -40,6 +40,7 @@ from server.protocol import (
 from server.providers.base import ChatMessage
 from server.services import Services
 from server.session.endpoint import DeviceInfo, Endpoint
+from server.session.listener import Utterance, UtteranceListener
 from server.session.metrics import TurnMetrics
 from server.session.output import PacedOutput
 from server.session.turn import Turn, TurnKind
@@ -98,25 +99,15 @@ class Session:
         self.mode = "auto"
         self.dialogue = Dialogue(max_turns=cfg.assistant.max_history_turns)
         vad_cfg = services.vad.settings
-        self._segmenter = Segmenter(SegmenterConfig(
-            threshold=vad_cfg.threshold, neg_threshold=vad_cfg.neg_threshold,
-            min_silence_ms=vad_cfg.min_silence_ms, min_speech_ms=vad_cfg.min_speech_ms,
-            window_samples=services.vad.window_samples))
-        self._pre_roll_samples = vad_cfg.pre_roll_ms * PCM_RATE // 1000
+        self.listener = UtteranceListener(
+            SegmenterConfig(threshold=vad_cfg.threshold, neg_threshold=vad_cfg.neg_threshold,
+                            min_silence_ms=vad_cfg.min_silence_ms, min_speech_ms=vad_cfg.min_speech_ms,
+                            window_samples=services.vad.window_samples),
+            pre_roll_ms=vad_cfg.pre_roll_ms, early_asr_ms=vad_cfg.early_asr_ms,
+            max_utterance_s=cfg.session.max_utterance_s, transcribe=services.asr.transcribe, tag=self.tag)
         self._vad_stream = services.vad.new_stream()
         self._decoder = OpusDecoder(PCM_RATE)
-        # Audio since the last reset, trimmed to the pre-roll while nobody speaks.
-        self._audio = bytearray()
-        self._audio_start = 0  # sample position of _audio[0]
-        self._audio_pos = 0  # samples decoded since the last reset
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
-        self._speech_seen = False  # manual mode: did VAD hear any speech since listen start
-        # Early (speculative) ASR: ((speech start, last voiced sample), task) while the end of
-        # an utterance is not yet confirmed.
-        self._early: tuple[tuple[int, int], asyncio.Task[Any]] | None = None
-        self._early_asr_samples = vad_cfg.early_asr_ms * PCM_RATE // 1000
         self._wake_audio: deque[bytes] = deque()
-        self._wake_audio_bytes = 0
 
         # Audio and the listen state changes that must apply in order with it (start, stop,
         # detect), consumed by one worker. Bounded in audio frames; control items never drop.
@@ -169,7 +160,7 @@ class Session:
 
     async def shutdown(self) -> None:
         self.closed = True
-        self._drop_early_asr()
+        self.listener.close()
         if self.current_turn is not None:
             self.current_turn.cancel()
         tasks = list(self._tasks)
@@ -226,7 +217,7 @@ class Session:
                     return
                 continue
             busy = self.current_turn is not None and not self.current_turn.finished
-            if busy or self._segmenter.in_speech:
+            if busy or self.listener.in_speech:
                 self.last_activity = now
             elif now - self.last_activity >= cfg.idle_timeout_s:
                 log.info("[%s] no voice for %.0f s: saying goodbye", self.tag, cfg.idle_timeout_s)
@@ -443,9 +434,8 @@ class Session:
 
     def _on_wake_word(self, word: str) -> None:
         log.info("[%s] wake word %r (%.1f s of wake audio discarded)", self.tag, word,
-                 self._wake_audio_bytes / 2 / PCM_RATE)
+                 len(self._wake_audio) * self.uplink_frame_ms / 1000)
         self._wake_audio.clear()
-        self._wake_audio_bytes = 0
         self._reset_audio()
         reply = self.services.config.session.wake_reply
         if reply:
@@ -515,33 +505,26 @@ class Session:
         if frame.payload_type == framing.PAYLOAD_JSON:
             self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
             return
-        if self._uplink_audio >= self._uplink_limit:
-            # Faster than real time (or we are overloaded): drop the oldest, keep memory bounded.
-            for i, (kind, _) in enumerate(self._uplink):
-                if kind == "audio":
-                    del self._uplink[i]
-                    self._uplink_audio -= 1
-                    break
-            self._warn.warn(self.tag, "flood", "uplink audio arriving faster than it is processed: "
-                            "dropping oldest frames")
-            self.services.metrics.count("uplink_frames_dropped")
         self._enqueue("audio", (frame.payload, time.monotonic()))
 
     def _enqueue(self, kind: str, value: Any) -> None:
+        if kind == "audio" and self._uplink_audio >= self._uplink_limit or len(self._uplink) >= 4 * self._uplink_limit:
+            # Faster than real time (or we are overloaded): drop the oldest audio (or, for a
+            # client spamming listen messages, the oldest item), so memory stays bounded.
+            index = next((i for i, (k, _) in enumerate(self._uplink) if k == "audio"), 0)
+            if self._uplink[index][0] == "audio":
+                self._uplink_audio -= 1
+            del self._uplink[index]
+            self._warn.warn(self.tag, "flood", "uplink arriving faster than it is processed: dropping the oldest")
+            self.services.metrics.count("uplink_frames_dropped")
         self._uplink.append((kind, value))
         if kind == "audio":
             self._uplink_audio += 1
         self._uplink_ready.set()
 
-    def _reset_audio(self) -> None:
-        self._drop_early_asr()
-        self._segmenter.reset()
+    def _reset_audio(self, mode: str | None = None) -> None:
+        self.listener.reset(mode)
         self._vad_stream.reset()
-        self._audio.clear()
-        self._audio_start = 0
-        self._audio_pos = 0
-        self._arrivals.clear()
-        self._speech_seen = False
 
     def _decode_and_detect(self, packet: bytes) -> tuple[bytes, list[float]]:
         pcm = self._decoder.decode(packet)
@@ -576,10 +559,11 @@ class Session:
         if kind == "start":
             self.mode = value or self.mode or "auto"
             self.listening = True
-            self._reset_audio()
+            self._reset_audio(self.mode)
         elif kind == "stop":
             self.listening = False
-            self._end_of_listening()
+            self._start_voice_turn(self.listener.finish())
+            self._vad_stream.reset()
         elif kind == "wake":
             self._on_wake_word(value)
         elif kind == "reset":
@@ -588,128 +572,29 @@ class Session:
     def _keep_wake_audio(self, packet: bytes) -> None:
         # Frames before `listen detect` are the wake word replay; keep the last ~2.5 s only.
         self._wake_audio.append(packet)
-        self._wake_audio_bytes += len(packet) * 10  # rough PCM size estimate for the log line
         while len(self._wake_audio) > int(WAKE_AUDIO_S * 1000 / max(self.uplink_frame_ms, 10)):
             self._wake_audio.popleft()
 
     def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float) -> None:
-        self._audio.extend(pcm)
-        self._audio_pos += len(pcm) // 2
-        self._arrivals.append((self._audio_pos, arrival))
-        max_samples = int(self.services.config.session.max_utterance_s * PCM_RATE)
-        for prob in probs:
-            seg = self._segmenter.feed(prob)
-            if seg is not None:
-                self._on_segment(seg)
-        if self._segmenter.in_speech:
+        for utterance in self.listener.feed(pcm, probs, arrival):
+            self._start_voice_turn(utterance)
+        if self.listener.in_speech:
             self.last_activity = arrival
             if self.mode == "realtime":
                 self._maybe_barge_in()
-            if self.mode != "manual":
-                self._maybe_start_early_asr()
-            if self.mode != "manual" and self._segmenter.position - self._segmenter.speech_start > max_samples:
-                log.info("[%s] utterance reached %.0f s: cutting it here", self.tag, max_samples / PCM_RATE)
-                seg = self._segmenter.end()
-                if seg is not None:
-                    self._on_segment(seg)
-        elif self.mode != "manual":
-            self._trim_idle_audio()
-        elif len(self._audio) > max_samples * 2:
-            # Manual mode keeps everything until listen stop, up to the utterance limit.
-            del self._audio[: len(self._audio) - max_samples * 2]
-            self._audio_start = self._audio_pos - len(self._audio) // 2
 
-    def _trim_idle_audio(self) -> None:
-        keep = (self._pre_roll_samples + self._segmenter.config.window_samples * 8) * 2
-        if len(self._audio) > keep * 2:
-            drop = len(self._audio) - keep
-            del self._audio[:drop]
-            self._audio_start += drop // 2
+    def _start_voice_turn(self, utterance: Utterance | None) -> None:
+        if utterance is None:
+            return
+        if utterance.asr_task is not None:
+            self.services.metrics.count("early_asr_used")
+        self.start_turn("voice", audio=utterance.audio, asr_task=utterance.asr_task,
+                        metrics=TurnMetrics(speech_end_arrival=utterance.speech_end_arrival,
+                                            endpoint=utterance.endpoint))
 
     def _maybe_barge_in(self) -> None:
         turn = self.current_turn
         if turn is None or not turn.active or not turn.tts_started:
             return
-        if self._segmenter.speech_ms >= BARGE_IN_MS and self._interrupt("barge-in"):
+        if self.listener.speech_ms >= BARGE_IN_MS and self._interrupt("barge-in"):
             self._spawn(self.send_tts_stop(turn), "barge-in-stop")
-
-    def _utterance_bounds(self, start: int, end: int) -> tuple[int, int]:
-        # Pre-roll before the first voiced window; a little audio after the last one (Whisper
-        # likes a trailing pause).
-        return max(self._audio_start, start - self._pre_roll_samples), min(self._audio_pos, end + PCM_RATE // 10)
-
-    def _slice(self, start: int, end: int) -> bytes:
-        return bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
-
-    def _maybe_start_early_asr(self) -> None:
-        seg = self._segmenter
-        if not self._early_asr_samples:
-            return
-        key = (seg.speech_start, seg.last_voiced_end)
-        if seg.silence_ms * PCM_RATE / 1000 < self._early_asr_samples:
-            if self._early is not None and seg.silence_ms == 0:
-                self._drop_early_asr()  # the user went on talking
-            return
-        if self._early is not None and self._early[0] == key:
-            return
-        if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
-            return  # would be discarded as a blip anyway
-        self._drop_early_asr()
-        audio = self._slice(*self._utterance_bounds(*key))
-        self._early = (key, asyncio.create_task(self.services.asr.transcribe(audio), name=f"{self.tag}-early-asr"))
-
-    def _drop_early_asr(self) -> None:
-        if self._early is not None:
-            self._early[1].cancel()
-            self._early = None
-
-    def _take_early_asr(self, start: int, end: int) -> asyncio.Task[Any] | None:
-        early, self._early = self._early, None
-        if early is None:
-            return None
-        if early[0] == (start, end):
-            self.services.metrics.count("early_asr_used")
-            return early[1]
-        early[1].cancel()
-        return None
-
-    def _on_segment(self, seg: Any) -> None:
-        if seg.event is SegmentEvent.SPEECH_START:
-            self._speech_seen = True
-            return
-        if seg.event is SegmentEvent.DISCARD:
-            log.debug("[%s] discarded %.0f ms blip", self.tag, (seg.end - seg.start) / 16)
-            return
-        if self.mode == "manual":
-            return  # manual mode ends on listen stop, not on silence
-        start, end = self._utterance_bounds(seg.start, seg.end)
-        audio = self._slice(start, end)
-        metrics = TurnMetrics(speech_end_arrival=self._arrival_of(seg.end), endpoint=time.monotonic())
-        early = self._take_early_asr(seg.start, seg.end)
-        # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
-        consumed = (end - self._audio_start) * 2
-        del self._audio[:consumed]
-        self._audio_start = end
-        self.start_turn("voice", audio=audio, metrics=metrics, asr_task=early)
-
-    def _arrival_of(self, sample: int) -> float | None:
-        for end, when in self._arrivals:
-            if end >= sample:
-                return when
-        return self._arrivals[-1][1] if self._arrivals else None
-
-    def _end_of_listening(self) -> None:
-        """listen stop: in manual mode the utterance is everything since listen start; in the
-        other modes, speech in progress is finished now rather than thrown away."""
-        if self.mode == "manual":
-            if self._speech_seen and self._audio:
-                metrics = TurnMetrics(speech_end_arrival=self._arrivals[-1][1] if self._arrivals else None,
-                                      endpoint=time.monotonic())
-                self.start_turn("voice", audio=bytes(self._audio), metrics=metrics)
-            elif self._audio:
-                log.info("[%s] listen stop: no speech in %.1f s of audio", self.tag, len(self._audio) / 2 / PCM_RATE)
-        elif self._segmenter.in_speech:
-            seg = self._segmenter.end()
-            if seg is not None:
-                self._on_segment(seg)
-        self._reset_audio()

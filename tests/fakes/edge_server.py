@@ -31,10 +31,12 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from xml.sax.saxutils import unescape
 
 from aiohttp import WSMsgType, web
+
+from .http_base import FakeHTTPServer
 
 PATH = "/consumer/speech/synthesize/readaloud/edge/v1"
 TRUSTED_CLIENT_TOKEN = "6A5AA1D4EAFF4E9FB37E23D68491D6F4"
@@ -99,44 +101,31 @@ class EdgeRequest:
 
 
 @dataclass
-class FakeEdgeServer:
+class FakeEdgeServer(FakeHTTPServer):
     chunk_bytes: int = 2048  # audio bytes per binary message (the real service sends a few KB)
     chunk_interval_s: float = 0.0  # pause between audio messages, to make streaming observable
     partial_chunks: int = 2  # audio messages sent before a *_mid_stream failure
     default_mode: str = "ok"
     script: list[str] = field(default_factory=list)
     requests: list[EdgeRequest] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 0
-    _runner: web.AppRunner | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # aiohttp's defaults: stalled handlers are released through _stopping before the cleanup.
+    runner_options: ClassVar[dict[str, Any]] = {}
 
     @property
     def wss_url(self) -> str:
         """Drop-in for edge_tts.constants.WSS_URL (plain ws:// on loopback)."""
         return f"ws://{self.host}:{self.port}{PATH}?TrustedClientToken={TRUSTED_CLIENT_TOKEN}"
 
-    async def start(self) -> FakeEdgeServer:
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(PATH, self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
+        return app
 
     async def close(self) -> None:
         self._stopping.set()  # releases handlers that play dead or stall
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeEdgeServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await super().close()
 
     # ------------------------------------------------------------------ protocol
 

@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http_base import FakeHTTPServer
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
@@ -47,46 +49,23 @@ class ServiceCallRecord:
 
 
 @dataclass
-class FakeHomeAssistant:
+class FakeHomeAssistant(FakeHTTPServer):
     token: str = "test-token"
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     delay_s: float = 0.0
-    host: str = "127.0.0.1"
-    port: int = 0
     calls: list[ServiceCallRecord] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def add(self, entity_id: str, state: str, **attributes: Any) -> None:
         self.states[entity_id] = make_state(entity_id, state, **attributes)
 
-    async def start(self) -> FakeHomeAssistant:
+    def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/api/", self._api)
         app.router.add_get("/api/states", self._all_states)
         app.router.add_get("/api/states/{entity_id}", self._state)
         app.router.add_post("/api/services/{domain}/{service}", self._service)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeHomeAssistant:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:

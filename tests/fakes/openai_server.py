@@ -35,6 +35,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http_base import FakeHTTPServer
+
 SPEECH_RATE = 24000  # OpenAI's `pcm` format: 24 kHz, 16-bit signed little-endian, mono
 
 # --------------------------------------------------------------------------- scripts
@@ -152,9 +154,7 @@ def default_answer(last_user: str) -> str:
 
 
 @dataclass
-class FakeOpenAIServer:
-    host: str = "127.0.0.1"
-    port: int = 0
+class FakeOpenAIServer(FakeHTTPServer):
     model: str = "fake-model"
     # Defaults for unscripted chat answers (the benchmark knobs).
     default_ttft_s: float = 0.0
@@ -167,38 +167,20 @@ class FakeOpenAIServer:
     transcription_script: list[TranscriptionReply] = field(default_factory=list)
     speech_script: list[SpeechReply] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ life cycle
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.url}/v1"
 
-    async def start(self) -> FakeOpenAIServer:
+    def make_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/v1/models", self._models)
-        # shutdown_timeout: hanging handlers are cancelled on close instead of waited for.
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAIServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return app
 
     def reset(self) -> None:
         """Forget scripts and recorded requests (between tests sharing one server)."""

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http_base import FakeHTTPServer
+
 # name variants -> place; the same fixture serves both APIs
 PLACES: list[dict[str, Any]] = [
     {"names": {"北京", "beijing", "北京市"}, "zh": "北京", "en": "Beijing", "lat": 39.9075, "lon": 116.39723,
@@ -63,42 +65,19 @@ def find_place(name: str) -> dict[str, Any] | None:
 
 
 @dataclass
-class FakeWeatherServer:
+class FakeWeatherServer(FakeHTTPServer):
     api_key: str = "test-qweather-key"
     delay_s: float = 0.0
-    host: str = "127.0.0.1"
-    port: int = 0
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    _runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> FakeWeatherServer:
+    def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._record])
         app.router.add_get("/v1/search", self._om_search)
         app.router.add_get("/v1/forecast", self._om_forecast)
         app.router.add_get("/geo/v2/city/lookup", self._qw_lookup)
         app.router.add_get("/v7/weather/now", self._qw_now)
         app.router.add_get("/v7/weather/{days:(3d|7d)}", self._qw_daily)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeWeatherServer:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        return app
 
     @web.middleware
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -10,15 +10,18 @@ utterance's PCM, bounded by `timeout_s`, retried on 429/5xx/network errors.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from typing import Any
 
 from pydantic import Field
 
-from server.providers.base import PCM_RATE, Provider, ProviderError, ProviderSettings, ProviderUnavailable, Transcript
-
-log = logging.getLogger("server.providers")
+from server.providers.base import PCM_RATE, ProviderSettings, Transcript
+from server.providers.openai_common import (
+    OpenAIClientProvider,
+    OpenAIProviderError,
+    call_with_retries,
+    extra_params,
+)
 
 # Shorter clips are rejected by OpenAI ("audio too short") and carry no words anyway.
 MIN_AUDIO_S = 0.1
@@ -58,74 +61,30 @@ def parse_tags(text: str) -> tuple[str, str | None, str | None]:
     return _TAG.sub("", text).strip(), language, emotion
 
 
-class OpenAIASR(Provider):
+class OpenAIASR(OpenAIClientProvider):
     kind = "asr"
     local = False
     Settings = OpenAIASRSettings
     settings: OpenAIASRSettings
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._client: Any = None
-
-    async def load(self) -> None:
-        from server.providers.llm.openai_llm import make_client
-
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise ProviderUnavailable("asr.openai: pip install openai") from None
-        s = self.settings
-        try:
-            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
-        except ProviderUnavailable as exc:
-            raise ProviderUnavailable(f"{self.name}: {exc}") from None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-        await super().close()
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.settings.model} at {self.settings.base_url})"
-
     async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript:
         from server.audio.pcm import write_wav
-        from server.providers.llm.openai_llm import OpenAIProviderError, backoff_s
 
-        if self._client is None:
-            raise ProviderError(self.name, "not loaded")
+        self._check_loaded()
         if len(pcm) / 2 / sample_rate < MIN_AUDIO_S:
             return Transcript(text="")
         s = self.settings
         wav = write_wav(pcm, sample_rate)  # a header and a copy: microseconds, fine on the loop
-        attempt = 0
-        while True:
-            try:
-                return await self._request(wav)
-            except OpenAIProviderError as exc:
-                if not exc.retryable or attempt >= s.retries:
-                    raise
-                attempt += 1
-                delay = backoff_s(attempt, s.retry_backoff_s, exc.retry_after)
-                log.warning("%s: %s; retry %d/%d in %.2f s", self.name, exc, attempt, s.retries, delay)
-                await asyncio.sleep(delay)
+        return await call_with_retries(self.name, s.retries, s.retry_backoff_s, lambda: self._request(wav))
 
     async def _request(self, wav: bytes) -> Transcript:
-        from server.providers.llm.openai_llm import OpenAIProviderError, provider_error, request_headers
-
         s = self.settings
         kwargs: dict[str, Any] = {"file": ("speech.wav", wav, "audio/wav"), "model": s.model}
         if s.language and s.language != "auto":
             kwargs["language"] = s.language
         if s.prompt:
             kwargs["prompt"] = s.prompt
-        if s.extra_body:
-            kwargs["extra_body"] = dict(s.extra_body)
-        headers = request_headers(s.api_key)
-        if headers:
-            kwargs["extra_headers"] = headers
+        kwargs.update(extra_params(s.api_key, s.extra_body))
         try:
             # The SDK's own timeout covers connect and each read; this bounds the whole call.
             async with asyncio.timeout(s.timeout_s):
@@ -134,10 +93,9 @@ class OpenAIASR(Provider):
             raise OpenAIProviderError(self.name, f"no answer from {s.base_url} within {s.timeout_s:g} s (timeout_s)",
                                       retryable=True) from None
         except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
-            raise provider_error(self.name, exc, s.base_url, s.timeout_s) from exc
+            raise self._error(exc) from exc
         raw = result if isinstance(result, str) else str(getattr(result, "text", "") or "")
         text, language, emotion = parse_tags(raw)
         if language is None and s.language and s.language != "auto":
             language = s.language
         return Transcript(text=text, language=language, emotion=emotion)
-

@@ -2,12 +2,13 @@
 gpt-4o-mini-tts, SiliconFlow CosyVoice, a local server), streamed.
 
 The body is read as it arrives and every piece is yielded at once as PCM, so the first audio
-reaches the pacer while the server is still synthesizing. Two formats need no decoder:
+reaches the pacer while the server is still synthesizing. Formats (`response_format`):
 - `pcm`: raw 16-bit little-endian mono; OpenAI sends 24 kHz (`pcm_sample_rate`);
 - `wav`: the header is parsed from the stream; streaming servers write 0 or 0xFFFFFFFF as the
-  sizes (the length is unknown when the header goes out), which means "until the end".
-A server that ignores `pcm` and answers WAV anyway is recognised by its RIFF header. MP3 is left
-out here: it needs the in-process decoder (server/audio/mp3.py).
+  sizes (the length is unknown when the header goes out), which means "until the end";
+- `mp3`, for servers that offer nothing better: decoded in-process as it arrives
+  (server/audio/mp3.py), on this provider's thread pool rather than on the event loop.
+A server that ignores `pcm` and answers WAV anyway is recognised by its RIFF header.
 
 Retries happen only before the first chunk: a sentence cannot restart once the user heard part
 of it.
@@ -15,16 +16,21 @@ of it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from server.providers.base import AudioChunk, Provider, ProviderError, ProviderSettings, ProviderUnavailable
+from server.providers.base import AudioChunk, ProviderSettings, ProviderUnavailable
+from server.providers.openai_common import (
+    OpenAIClientProvider,
+    OpenAIProviderError,
+    extra_params,
+    stream_with_retries,
+)
 
 log = logging.getLogger("server.providers")
 
@@ -43,7 +49,7 @@ class OpenAITTSSettings(ProviderSettings):
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     # Style prompt for models that take one (gpt-4o-mini-tts); empty: none.
     instructions: str = ""
-    response_format: Literal["pcm", "wav"] = "pcm"
+    response_format: Literal["pcm", "wav", "mp3"] = "pcm"
     # The rate of `pcm` answers (OpenAI: 24000; SiliconFlow lets extra_body.sample_rate pick it).
     pcm_sample_rate: int = Field(default=24000, ge=8000, le=48000)
     # Connect timeout, and the longest silence between two pieces of the body.
@@ -57,7 +63,14 @@ class OpenAITTSSettings(ProviderSettings):
 
 
 class PcmStream:
-    """Raw PCM16 mono: only keeps sample alignment across network chunks."""
+    """Raw PCM16 mono: only keeps sample alignment across network chunks.
+
+    The stream decoders share one interface: `feed(bytes) -> PCM16 mono`, `finish()` at the end
+    of the body (the PCM still held back; ValueError when the body was not valid audio),
+    `sample_rate` of the PCM, and `cpu_bound` (decode on the provider's thread pool).
+    """
+
+    cpu_bound: ClassVar[bool] = False  # re-slicing bytes is cheaper than a hop to a thread
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
@@ -69,13 +82,15 @@ class PcmStream:
         self._odd = data[cut:]
         return data[:cut]
 
-    def finish(self) -> None:
-        """Called at the end of the body; raises ValueError when it was not valid."""
+    def finish(self) -> bytes:
+        return b""  # an odd trailing byte is half a sample: dropped
 
 
 class WavStream:
     """A WAV file arriving in pieces: header parsed incrementally, PCM16 out (stereo averaged to
     mono), sizes 0/0xFFFFFFFF read as "until the end of the body"."""
+
+    cpu_bound: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -102,9 +117,10 @@ class WavStream:
         self._carry = data[cut:]
         return self._to_mono(data[:cut])
 
-    def finish(self) -> None:
+    def finish(self) -> bytes:
         if not self._in_data:
             raise ValueError("the body ended inside the WAV header")
+        return b""  # a partial trailing frame cannot be played
 
     def _parse_header(self) -> bool:
         """Advance through RIFF/fmt/other chunks; True once positioned at the data."""
@@ -157,6 +173,8 @@ class WavStream:
 class _SniffingStream:
     """`pcm` was asked for, but some servers send WAV regardless: decide on the first 4 bytes."""
 
+    cpu_bound: ClassVar[bool] = False
+
     def __init__(self, sample_rate: int) -> None:
         self._head = b""
         self._inner: PcmStream | WavStream | None = None
@@ -179,51 +197,65 @@ class _SniffingStream:
             data, self._head = self._head, b""
         return self._inner.feed(data)
 
-    def finish(self) -> None:
+    def finish(self) -> bytes:
         if self._inner is None and self._head:
             raise ValueError("the body is shorter than one sample")
-        if self._inner is not None:
-            self._inner.finish()
+        return self._inner.finish() if self._inner is not None else b""
+
+
+class Mp3Stream:
+    """MP3 through the in-process streaming decoder. Decoding is CPU work (`cpu_bound`): the
+    provider calls `feed` and `finish` on its thread pool, one call at a time (the decoder is
+    not thread-safe)."""
+
+    cpu_bound: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        from server.audio.mp3 import Mp3StreamDecoder
+
+        self._decoder = Mp3StreamDecoder()
+        self._received = 0
+
+    @property
+    def sample_rate(self) -> int:
+        # Known from the first decoded frame on, which is before any PCM comes out.
+        return self._decoder.sample_rate or 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._received += len(data)
+        return self._decoder.feed(data)
+
+    def finish(self) -> bytes:
+        tail = self._decoder.flush()
+        if self._received and self._decoder.frames == 0:
+            raise ValueError(f"{self._received} bytes could not be decoded as MP3")
+        return tail
+
+
+_Decoder = PcmStream | WavStream | _SniffingStream | Mp3Stream
 
 
 # --------------------------------------------------------------------------- provider
 
 
-class OpenAITTS(Provider):
+class OpenAITTS(OpenAIClientProvider):
     kind = "tts"
     local = False
     Settings = OpenAITTSSettings
     settings: OpenAITTSSettings
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._client: Any = None
-
     async def load(self) -> None:
-        from server.providers.llm.openai_llm import make_client
-
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise ProviderUnavailable("tts.openai: pip install openai") from None
-        s = self.settings
-        try:
-            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
-        except ProviderUnavailable as exc:
-            raise ProviderUnavailable(f"{self.name}: {exc}") from None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-        await super().close()
+        if self.settings.response_format == "mp3":
+            try:
+                import av  # noqa: F401 - the MP3 decoder; fail at startup, not on the first sentence
+            except ImportError:
+                raise ProviderUnavailable("tts.openai: the MP3 decoder needs PyAV (pip install av)") from None
+        await super().load()
 
     def describe(self) -> str:
         return f"{self.name} ({self.settings.model}, {self.settings.voice})"
 
     def request_params(self, text: str) -> dict[str, Any]:
-        from server.providers.llm.openai_llm import request_headers
-
         s = self.settings
         params: dict[str, Any] = {"model": s.model, "voice": s.voice, "input": text,
                                   "response_format": s.response_format}
@@ -231,46 +263,38 @@ class OpenAITTS(Provider):
             params["speed"] = s.speed
         if s.instructions:
             params["instructions"] = s.instructions
-        if s.extra_body:
-            params["extra_body"] = dict(s.extra_body)
-        headers = request_headers(s.api_key)
-        if headers:
-            params["extra_headers"] = headers
+        params.update(extra_params(s.api_key, s.extra_body))
         return params
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
-        from server.providers.llm.openai_llm import OpenAIProviderError, backoff_s
-
-        if self._client is None:
-            raise ProviderError(self.name, "not loaded")
+        self._check_loaded()
         if not text.strip():
             return
         s = self.settings
-        attempt = 0
-        while True:
-            produced = False
-            try:
-                async with contextlib.aclosing(self._attempt(text)) as chunks:
-                    async for chunk in chunks:
-                        produced = True
-                        yield chunk
-                return
-            except OpenAIProviderError as exc:
-                if produced or not exc.retryable or attempt >= s.retries:
-                    raise
-                attempt += 1
-                delay = backoff_s(attempt, s.retry_backoff_s, exc.retry_after)
-                log.warning("%s: %s; retry %d/%d in %.2f s", self.name, exc, attempt, s.retries, delay)
-                await asyncio.sleep(delay)
+        # aclosing: when the user interrupts, closing this generator closes the HTTP stream now.
+        async with contextlib.aclosing(stream_with_retries(
+                self.name, s.retries, s.retry_backoff_s, lambda: self._attempt(text))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _decoder(self) -> _Decoder:
+        s = self.settings
+        if s.response_format == "pcm":
+            return _SniffingStream(s.pcm_sample_rate)
+        return WavStream() if s.response_format == "wav" else Mp3Stream()
+
+    async def _decode(self, decoder: _Decoder, step: Callable[..., bytes], *args: Any) -> bytes:
+        """Run one decoder step: MP3 decoding would stall every session on the loop, so it goes
+        to this provider's thread pool; the raw formats run inline."""
+        if decoder.cpu_bound:
+            return await self.run_blocking(step, *args)
+        return step(*args)
 
     async def _attempt(self, text: str) -> AsyncIterator[AudioChunk]:
         import httpx2
 
-        from server.providers.llm.openai_llm import OpenAIProviderError, provider_error
-
         s = self.settings
-        decoder: PcmStream | WavStream | _SniffingStream = (
-            _SniffingStream(s.pcm_sample_rate) if s.response_format == "pcm" else WavStream())
+        decoder = self._decoder()
         total = 0
         try:
             async with self._client.audio.speech.with_streaming_response.create(**self.request_params(text)) as resp:
@@ -281,11 +305,14 @@ class OpenAITTS(Provider):
                                                          f"{body}", retryable=False, status=resp.status_code)
                 # Closing the generator early exits this block, which closes the connection.
                 async for data in resp.iter_bytes():
-                    pcm = decoder.feed(data)
+                    pcm = await self._decode(decoder, decoder.feed, data)
                     if pcm:
                         total += len(pcm)
                         yield AudioChunk(pcm=pcm, sample_rate=decoder.sample_rate)
-                decoder.finish()
+                pcm = await self._decode(decoder, decoder.finish)
+                if pcm:
+                    total += len(pcm)
+                    yield AudioChunk(pcm=pcm, sample_rate=decoder.sample_rate)
         except OpenAIProviderError:
             raise
         except ValueError as exc:
@@ -297,6 +324,6 @@ class OpenAITTS(Provider):
             raise OpenAIProviderError(self.name, f"audio stream from {s.base_url} broke: "
                                                  f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
-            raise provider_error(self.name, exc, s.base_url, s.timeout_s) from exc
+            raise self._error(exc) from exc
         if total == 0:
             raise OpenAIProviderError(self.name, f"{s.base_url} sent no audio for {text[:40]!r}", retryable=True)

@@ -1,0 +1,333 @@
+"""The record of one run: its JSON form (every raw figure, the machine, the config), the flat
+summary that `--compare` reads, and the tables printed on the terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.bench.components import ComponentReport
+from server.bench.console import Console
+from server.bench.e2e import E2EResult
+from server.bench.load import RampResult
+from server.bench.server_metrics import STAGES, stage_summary
+
+SCHEMA = "xiaozhi-bench/1"
+_SECRET = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
+
+
+@dataclass
+class BenchRun:
+    command: list[str]
+    modes: list[str]
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    config_source: str
+    started_at: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    finished_at: str | None = None
+    duration_s: float | None = None
+    load_average_after: list[float] | None = None
+    components: list[ComponentReport] = field(default_factory=list)
+    e2e: E2EResult | None = None
+    ramp: RampResult | None = None
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def failed(self) -> bool:
+        if self.errors or any(c.status == "failed" for c in self.components):
+            return True
+        if self.e2e is not None:
+            s = self.e2e.summary()
+            return bool(s["turns_failed"] or s["connect_errors"])
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "command": self.command,
+            "modes": self.modes,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "duration_s": self.duration_s,
+            "interrupted": self.interrupted,
+            "machine": {**self.machine, "load_average_after": self.load_average_after},
+            "config_source": self.config_source,
+            "config": self.config,
+            "components": {c.key or c.kind: dataclasses.asdict(c) for c in self.components},
+            "e2e": self.e2e.to_json() if self.e2e is not None else None,
+            "ramp": self.ramp.to_json() if self.ramp is not None else None,
+            "summary": flat_summary(self),
+            "errors": self.errors,
+            "notes": self.notes,
+        }
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Config as recorded in reports: API keys and secrets replaced, so reports can be shared."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if _SECRET.search(key) and isinstance(value, str) and value:
+        return "***"
+    return value
+
+
+# ------------------------------------------------------------------------------ flat summary
+
+
+def _put(out: dict[str, float], name: str, value: Any) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        out[name] = float(value)
+
+
+def _put_stats(out: dict[str, float], name: str, stats: dict[str, Any] | None, keys: tuple[str, ...]) -> None:
+    for k in keys:
+        _put(out, f"{name}.{k}", (stats or {}).get(k))
+
+
+def flat_summary(run: BenchRun) -> dict[str, float]:
+    """One number per metric name, the same names in every report, for `--compare`."""
+    out: dict[str, float] = {}
+    three = ("p50", "p95", "max")
+    for c in run.components:
+        s = c.summary
+        k = c.key or c.kind
+        if c.kind == "vad":
+            _put_stats(out, f"{k}.ms_per_frame", s.get("vad_ms_per_frame"), ("mean", "p95"))
+            _put_stats(out, f"{k}.endpoint_delay_ms", s.get("endpoint_delay_ms"), ("p50", "max"))
+            _put_stats(out, f"{k}.abs_offset_error_ms", s.get("abs_offset_error_ms"), ("p50", "max"))
+            _put_stats(out, f"{k}.onset_error_ms", s.get("onset_error_ms"), ("p50", "max"))
+        elif c.kind == "asr":
+            _put_stats(out, f"{k}.rtf", s.get("rtf"), ("mean", "p95"))
+            for name, group in (s.get("by_set") or {}).items():
+                _put(out, f"{k}.{group.get('metric')}.{name}", group.get("error_rate"))
+                _put_stats(out, f"{k}.elapsed_ms.{name}", group.get("elapsed_ms"), ("p50",))
+        elif c.kind == "llm":
+            _put_stats(out, f"{k}.ttft_ms", s.get("ttft_ms"), three)
+            _put_stats(out, f"{k}.first_clause_ms", s.get("first_clause_ms"), three)
+            _put_stats(out, f"{k}.tokens_per_s", s.get("tokens_per_s"), ("mean",))
+            _put(out, f"{k}.success_rate", s.get("success_rate"))
+        elif c.kind == "tts":
+            _put_stats(out, f"{k}.first_chunk_ms", s.get("first_chunk_ms"), three)
+            _put_stats(out, f"{k}.rtf", s.get("rtf"), ("mean", "max"))
+            _put(out, f"{k}.success_rate", s.get("success_rate"))
+    if run.e2e is not None:
+        s = run.e2e.summary()
+        for metric in ("stt_ms", "first_frame_ms", "tts_stop_ms", "abort_to_stop_ms"):
+            _put_stats(out, f"e2e.{metric}", s.get(metric), three)
+        _put(out, "e2e.stt_wer", s.get("stt_wer"))
+        _put(out, "e2e.turns_failed", s.get("turns_failed"))
+        r = run.e2e.resources
+        for key in ("cpu_percent_mean", "cpu_percent_per_device", "rss_peak_mb", "rss_per_device_mb"):
+            _put(out, f"e2e.{key}", r.get(key))
+        for stage, stats in stage_summary(run.e2e.server_turns).items():
+            _put_stats(out, f"server.{stage}_ms", stats, ("p50", "p95"))
+    if run.ramp is not None:
+        _put(out, "ramp.capacity_devices", run.ramp.capacity)
+        for step in run.ramp.steps:
+            _put(out, f"ramp.{step.devices}dev.p95_first_frame_ms", step.p95_first_frame_ms)
+    return out
+
+
+# ------------------------------------------------------------------------------ JSON
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON: an infinite or NaN float (a failed turn counted as never answered) becomes
+    the string "inf" / "nan" instead of the non-standard Infinity/NaN tokens."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename), so an interrupted write never leaves half a report."""
+    data = json_safe(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=1, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths,
+                                                                                                  strict=True)))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "inf"
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 1 else f"{v:.3f}"
+    return str(v)
+
+
+def _stats_row(label: str, s: dict[str, Any] | None, unit: str = "ms") -> list[Any]:
+    s = s or {}
+    return [label, s.get("p50"), s.get("p95"), s.get("max"), s.get("mean"), s.get("n"), unit]
+
+
+STATS_HEADERS = ["metric", "p50", "p95", "max", "mean", "n", "unit"]
+
+
+def component_rows(c: ComponentReport) -> list[list[Any]]:
+    s = c.summary
+    if c.kind == "vad":
+        return [
+            _stats_row("VAD per 60 ms frame", s.get("vad_ms_per_frame")),
+            _stats_row("Opus decode per frame", s.get("decode_ms_per_frame")),
+            _stats_row("endpoint delay (audio)", s.get("endpoint_delay_ms")),
+            _stats_row("onset error", s.get("onset_error_ms")),
+            _stats_row("offset error", s.get("offset_error_ms")),
+            ["detected / split / missed", f"{s.get('detected')}/{s.get('split')}/{s.get('missed')}", "", "", "",
+             s.get("utterances"), "utt"],
+        ]
+    if c.kind == "asr":
+        rows = [_stats_row("real-time factor", s.get("rtf"), "x")]
+        for name, g in (s.get("by_set") or {}).items():
+            rate = g.get("error_rate")
+            rows.append([f"{g.get('metric', '').upper()} {name}", f"{rate * 100:.1f}%" if rate is not None else "-",
+                         "", "", "", g.get("utterances"), "%"])
+            rows.append(_stats_row(f"time {name}", g.get("elapsed_ms")))
+        return rows
+    if c.kind == "llm":
+        rate = s.get("success_rate")
+        return [
+            _stats_row("time to first token", s.get("ttft_ms")),
+            _stats_row("time to first clause", s.get("first_clause_ms")),
+            _stats_row("whole reply", s.get("total_ms")),
+            _stats_row("tokens per second", s.get("tokens_per_s"), "tok/s"),
+            ["success rate", f"{rate * 100:.0f}%" if rate is not None else "-", "", "", "", s.get("prompts"), "%"],
+        ]
+    if c.kind == "tts":
+        rate = s.get("success_rate")
+        return [
+            _stats_row("time to first chunk", s.get("first_chunk_ms")),
+            _stats_row("real-time factor", s.get("rtf"), "x"),
+            ["success rate", f"{rate * 100:.0f}%" if rate is not None else "-", "", "", "", s.get("sentences"), "%"],
+        ]
+    return []
+
+
+def print_report(run: BenchRun, console: Console) -> None:
+    m = run.machine
+    console.print()
+    console.print(f"Machine: {m.get('cpu_model')} x{m.get('cores_logical')}, {m.get('ram_gb')} GB RAM, "
+                  f"Python {m.get('python')}, load before {m.get('load_average')} after {run.load_average_after}")
+    for c in run.components:
+        console.print()
+        head = f"{c.kind.upper()} {c.provider}  load {c.load_s} s" + (f", warm-up {c.warmup_s} s" if c.warmup_s
+                                                                      is not None else "")
+        if c.status != "ok":
+            console.print(f"{head}  {c.status.upper()}: {c.error or ''}")
+            if not c.summary:
+                continue
+        else:
+            console.print(head)
+        console.print(table(STATS_HEADERS, component_rows(c)))
+        for note in c.notes:
+            console.print(f"  note: {note}")
+    if run.e2e is not None:
+        print_e2e(run.e2e, console)
+    if run.ramp is not None:
+        print_ramp(run.ramp, console)
+    for err in run.errors:
+        console.print(f"error: {err}")
+    if run.interrupted:
+        console.print("\nINTERRUPTED: the figures above are what was measured before Ctrl-C.")
+
+
+def print_e2e(e2e: E2EResult, console: Console) -> None:
+    s = e2e.summary()
+    o = e2e.options
+    console.print()
+    console.print(f"END TO END: {o.devices} device(s) x {o.prompts} question(s), {s['turns_ok']}/{s['turns']} "
+                  f"answered, {s['abort_trials']} abort trial(s); ms from the end of speech")
+    console.print(table(STATS_HEADERS, [
+        _stats_row("-> stt", s["stt_ms"]),
+        _stats_row("-> first reply frame", s["first_frame_ms"]),
+        _stats_row("-> tts stop", s["tts_stop_ms"]),
+        _stats_row("abort -> tts stop", s["abort_to_stop_ms"]),
+    ]))
+    if s["stt_wer"] is not None:
+        console.print(f"  stt word error rate vs the spoken questions: {s['stt_wer'] * 100:.1f}%")
+    stages = stage_summary(e2e.server_turns)
+    if any(v["n"] for v in stages.values()):
+        console.print("Server stages (/metrics), ms")
+        console.print(table(STATS_HEADERS, [_stats_row(name, stages[name]) for name in STAGES]))
+    r = e2e.resources
+    if r.get("cpu_percent_mean") is not None:
+        console.print(f"Server process: CPU mean {r['cpu_percent_mean']}% (peak {r['cpu_percent_peak']}%, 100% = one "
+                      f"core), {r['cpu_percent_per_device']}% per device; RSS {r['rss_baseline_mb']} MB idle, "
+                      f"{r['rss_peak_mb']} MB peak, {r['rss_per_device_mb']} MB per device")
+    if r.get("client_cpu_percent_mean") is not None:
+        console.print(f"Simulated devices (this process): CPU mean {r['client_cpu_percent_mean']}%")
+    if 1 < o.devices <= 10:
+        rows = []
+        for dev, d in e2e.per_device().items():
+            ff = d["first_frame_ms"]
+            rows.append([dev, f"{d['turns_ok']}/{d['turns']}", (d["stt_ms"] or {}).get("p50"), ff.get("p50"),
+                         ff.get("p95"), ff.get("max"), (d["tts_stop_ms"] or {}).get("p50"),
+                         (d["abort_to_stop_ms"] or {}).get("p50")])
+        console.print(table(["device", "ok", "stt p50", "first p50", "first p95", "first max", "stop p50",
+                             "abort p50"], rows))
+    elif o.devices > 10:
+        console.print("  (per-device figures are in the JSON)")
+    failed = [t for t in e2e.turns if not t.ok and not t.interrupted]
+    for t in failed[:5]:
+        console.print(f"  failed: device {t.device} turn {t.index + 1} ({t.kind}): {t.error}")
+    if len(failed) > 5:
+        console.print(f"  ... and {len(failed) - 5} more failed turns (see the JSON)")
+    for err in e2e.connect_errors[:5]:
+        console.print(f"  connect error: {err}")
+    for v in e2e.violations[:5]:
+        console.print(f"  firmware-visible problem: {v}")
+    for note in e2e.notes:
+        console.print(f"  note: {note}")
+
+
+def print_ramp(ramp: RampResult, console: Console) -> None:
+    console.print()
+    console.print(f"LOAD RAMP: threshold p95 first reply <= {ramp.options.threshold_ms:.0f} ms")
+    rows = []
+    for step in ramp.steps:
+        j = step.to_json()
+        rows.append([step.devices, (j["first_frame_ms"] or {}).get("p50"), step.p95_first_frame_ms,
+                     (j["first_frame_ms"] or {}).get("max"), f"{j['turns'] - j['turns_failed']}/{j['turns']}",
+                     j["cpu_percent_mean"], j["rss_peak_mb"], "pass" if step.passed else "FAIL"])
+    console.print(table(["devices", "p50 ms", "p95 ms", "max ms", "ok", "CPU %", "RSS MB", ""], rows))
+    cap = ramp.capacity
+    shown = "not determined" if cap is None else f"at least {cap}" if ramp.capacity_is_lower_bound else str(cap)
+    console.print(f"Capacity: {shown} device(s) "
+                  f"({ramp.stopped_because or 'interrupted'})")

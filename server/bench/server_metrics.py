@@ -1,0 +1,78 @@
+"""The server's own view of each turn, from GET /metrics (loopback only).
+
+The server keeps its last 200 turns in a ring, so a long run polls every few seconds and merges
+by (session, turn) instead of reading once at the end. Only turns of our simulated devices are
+kept: a shared server may be serving someone else too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from server.bench.stats import summarize
+
+STAGES = ("endpoint_wait", "asr", "llm_first_clause", "tts_first_chunk", "to_first_frame",
+          "speech_end_to_first_frame", "total_to_stop")
+# The stages that add up to speech_end_to_first_frame, in order (for the stacked chart).
+SERIAL_STAGES = ("endpoint_wait", "asr", "llm_first_clause", "tts_first_chunk", "to_first_frame")
+
+
+async def get_json(url: str, timeout_s: float = 5.0) -> Any:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session, session.get(url) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status} from {url}")
+        return await resp.json(content_type=None)
+
+
+@dataclass
+class MetricsPoller:
+    http_url: str | None
+    device_ids: set[str]
+    interval_s: float = 3.0
+    turns: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def poll(self) -> None:
+        if not self.http_url:
+            return
+        try:
+            data = await get_json(self.http_url.rstrip("/") + "/metrics")
+        except Exception as exc:  # noqa: BLE001 - metrics are a bonus; the run goes on without them
+            self.error = f"/metrics: {exc!r}"
+            return
+        self.counters = dict(data.get("counters") or {})
+        for turn in data.get("turns") or []:
+            if turn.get("device_id") in self.device_ids:
+                self.turns[(str(turn.get("session_id")), int(turn.get("turn_id", 0)))] = turn
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.poll()
+
+    def start(self) -> None:
+        if self.http_url:
+            self._task = asyncio.create_task(self._run(), name="bench-metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.poll()
+
+
+def stage_summary(turns: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """p50/p95/max per server stage over completed voice turns (aborted and text turns have a
+    different shape: no endpoint, no ASR)."""
+    voice = [t for t in turns if t.get("kind") == "voice" and not t.get("interrupted") and not t.get("error")]
+    return {stage: summarize((t.get("stages_ms") or {}).get(stage) for t in voice) for stage in STAGES}

@@ -1,0 +1,233 @@
+"""What the OpenAI-compatible LLM, ASR and TTS providers share: the `AsyncOpenAI` client, the
+mapping of SDK/network errors to ProviderErrors that name the cause, and the retry policy.
+
+Nothing here imports `openai` or `httpx2` at module level: configuring an embedded-only server
+must not pay for (or require) the SDK, so those imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from server.providers.base import Provider, ProviderError, ProviderUnavailable
+
+log = logging.getLogger("server.providers")
+
+T = TypeVar("T")
+
+# The SDK refuses to build a client without a key; local servers (Ollama, LM Studio, vLLM) need
+# none. With this placeholder (and `request_headers`) no Authorization header is sent at all.
+NO_KEY = "no-key"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class OpenAIProviderError(ProviderError):
+    """ProviderError with the HTTP status (None for network errors) and the server's Retry-After."""
+
+    def __init__(self, provider: str, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(provider, message, retryable=retryable)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    msg = ""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        msg = str(inner.get("message") or "") if isinstance(inner, dict) else str(inner)
+    elif isinstance(body, str):
+        msg = body
+    msg = msg or str(getattr(exc, "message", "") or exc)
+    msg = " ".join(msg.split())
+    return msg[:300] + ("..." if len(msg) > 300 else "")
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: ignore, the backoff applies
+
+
+def _root_cause(exc: BaseException) -> str:
+    cause: BaseException = exc
+    while cause.__cause__ is not None and cause.__cause__ is not cause:
+        cause = cause.__cause__
+    text = str(cause) or type(cause).__name__
+    return f"{type(cause).__name__}: {text}" if cause is not exc else text
+
+
+def provider_error(name: str, exc: BaseException, base_url: str, timeout_s: float) -> OpenAIProviderError:
+    """Map an `openai` SDK (or network) exception to a ProviderError that names the cause."""
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        msg = _server_message(exc)
+        if status in (401, 403):
+            return OpenAIProviderError(name, f"HTTP {status} from {base_url}: {msg} (check api_key)",
+                                       status=status)
+        if status == 404:
+            return OpenAIProviderError(name, f"HTTP 404 from {base_url}: {msg} (check base_url and model)",
+                                       status=status)
+        retryable = status in (408, 409, 429) or status >= 500
+        return OpenAIProviderError(name, f"HTTP {status} from {base_url}: {msg}", retryable=retryable,
+                                   status=status, retry_after=_retry_after(exc) if retryable else None)
+    if isinstance(exc, openai.APITimeoutError):
+        return OpenAIProviderError(name, f"timed out after {timeout_s:g} s (timeout_s) talking to {base_url}",
+                                   retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return OpenAIProviderError(name, f"connection to {base_url} failed: {_root_cause(exc)}", retryable=True)
+    if isinstance(exc, openai.APIError):  # an error event inside an otherwise fine stream
+        return OpenAIProviderError(name, f"{base_url} reported an error mid-stream: {_server_message(exc)}",
+                                   retryable=True)
+    return OpenAIProviderError(name, f"unexpected {type(exc).__name__} from {base_url}: {exc}")
+
+
+# --------------------------------------------------------------------------- client
+
+
+def make_client(base_url: str, api_key: str, timeout_s: float) -> Any:
+    """An AsyncOpenAI client with our timeouts and without the SDK's own retries."""
+    import httpx2
+    import openai
+
+    if urlsplit(base_url).scheme not in ("http", "https"):
+        raise ProviderUnavailable(f"base_url must start with http:// or https://, got {base_url!r}")
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=0,
+                              timeout=httpx2.Timeout(timeout_s))
+
+
+def request_headers(api_key: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per-request headers: without a key, the SDK is told to send no Authorization at all
+    (it accepts that only per request, not as a client default)."""
+    import openai
+
+    headers: dict[str, Any] = dict(extra or {})
+    if not api_key:
+        headers["Authorization"] = openai.Omit()
+    return headers
+
+
+def extra_params(api_key: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The SDK call's `extra_body` and `extra_headers` arguments, each only when there is
+    something to send (a copy of `body`: the SDK must not share the settings' dict)."""
+    params: dict[str, Any] = {}
+    if body:
+        params["extra_body"] = dict(body)
+    all_headers = request_headers(api_key, headers)
+    if all_headers:
+        params["extra_headers"] = all_headers
+    return params
+
+
+class ClientSettings(Protocol):
+    """The settings fields OpenAIClientProvider relies on (each provider's model has them)."""
+
+    base_url: str
+    api_key: str
+    model: str
+    timeout_s: float
+
+
+class OpenAIClientProvider(Provider):
+    """Life cycle of the three providers: one `AsyncOpenAI` client, made at load and shared by
+    every session (its connection pool is the point), closed with the provider."""
+
+    settings: ClientSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: Any = None
+
+    async def load(self) -> None:
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise ProviderUnavailable(f"{self.kind}.openai: pip install openai") from None
+        s = self.settings
+        try:
+            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
+        except ProviderUnavailable as exc:
+            raise ProviderUnavailable(f"{self.name}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+        await super().close()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.settings.model} at {self.settings.base_url})"
+
+    def _check_loaded(self) -> None:
+        if self._client is None:
+            raise ProviderError(self.name, "not loaded")
+
+    def _error(self, exc: BaseException) -> OpenAIProviderError:
+        """`provider_error` for this provider's name, host and timeout."""
+        s = self.settings
+        return provider_error(self.name, exc, s.base_url, s.timeout_s)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def backoff_s(attempt: int, base: float, retry_after: float | None, cap: float = 5.0) -> float:
+    """Exponential backoff with jitter; a server's Retry-After wins, capped (a voice turn
+    cannot wait long anyway)."""
+    delay = base * (2 ** (attempt - 1)) * (0.75 + random.random() / 2)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, cap)
+
+
+async def stream_with_retries(name: str, retries: int, backoff_base_s: float,
+                              attempt: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+    """Yield what `attempt()` yields; when it raises a retryable OpenAIProviderError before its
+    first item, wait (backoff) and start a new attempt, at most `retries` times.
+
+    Never after the first item: a restarted answer or sentence would be heard twice. Closing this
+    generator closes the running attempt at once (its HTTP stream with it), so an interrupted
+    answer stops the vendor's generation too.
+    """
+    tries = 0
+    while True:
+        produced = False
+        try:
+            async with contextlib.aclosing(attempt()) as items:
+                async for item in items:
+                    produced = True
+                    yield item
+            return
+        except OpenAIProviderError as exc:
+            if produced or not exc.retryable or tries >= retries:
+                raise
+            tries += 1
+            delay = backoff_s(tries, backoff_base_s, exc.retry_after)
+            log.warning("%s: %s; retry %d/%d in %.2f s", name, exc, tries, retries, delay)
+            await asyncio.sleep(delay)
+
+
+async def call_with_retries(name: str, retries: int, backoff_base_s: float,
+                            call: Callable[[], Awaitable[T]]) -> T:
+    """One request/answer call under the same policy: a single answer is never heard in part,
+    so every retryable failure may be retried."""
+
+    async def once() -> AsyncIterator[T]:
+        yield await call()
+
+    results = [result async for result in stream_with_retries(name, retries, backoff_base_s, once)]
+    return results[0]

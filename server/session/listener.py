@@ -1,0 +1,193 @@
+"""Decoded microphone audio of one device -> utterances, endpointed in audio time.
+
+Auto and realtime modes: the segmenter ends an utterance after enough silence. While that
+silence is still being confirmed, ASR already starts on the audio so far (`early_asr_ms`); if
+the user stays quiet that transcript is handed to the turn, if they go on talking it is dropped.
+Manual mode: everything between listen start and listen stop is the utterance (if VAD heard any
+speech in it).
+
+No socket, no turns: the session feeds PCM and VAD probabilities in and starts a turn for each
+`Utterance` that comes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.pipeline.segmenter import Segment, Segmenter, SegmenterConfig, SegmentEvent
+
+log = logging.getLogger("server.session")
+
+PCM_RATE = 16000
+# Audio kept after the last voiced window: Whisper transcribes better with a short trailing pause.
+TAIL_SAMPLES = PCM_RATE // 10
+
+
+@dataclass(slots=True)
+class Utterance:
+    audio: bytes  # PCM16 mono 16 kHz
+    speech_end_arrival: float | None  # when the frame holding the last speech sample arrived
+    endpoint: float  # when the end of the utterance was decided
+    asr_task: asyncio.Task[Any] | None = None  # an early transcription of exactly this audio
+
+
+class UtteranceListener:
+    def __init__(self, segmenter: SegmenterConfig, *, pre_roll_ms: int, early_asr_ms: int, max_utterance_s: float,
+                 transcribe: Callable[[bytes], Awaitable[Any]] | None = None, tag: str = "") -> None:
+        self._segmenter = Segmenter(segmenter)
+        self._pre_roll = pre_roll_ms * PCM_RATE // 1000
+        self._early_after = early_asr_ms * PCM_RATE // 1000 if transcribe is not None else 0
+        self._max_samples = int(max_utterance_s * PCM_RATE)
+        self._transcribe = transcribe
+        self.tag = tag
+        self.mode = "auto"
+        self.early_used = 0  # early transcripts that were handed to a turn (for metrics)
+        self._audio = bytearray()  # audio since the last reset, trimmed while nobody speaks
+        self._audio_start = 0  # sample position of _audio[0]
+        self._audio_pos = 0  # samples received since the last reset
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
+        self.speech_seen = False
+        self._early: tuple[tuple[int, int], asyncio.Task[Any]] | None = None
+
+    @property
+    def in_speech(self) -> bool:
+        return self._segmenter.in_speech
+
+    @property
+    def speech_ms(self) -> float:
+        return self._segmenter.speech_ms
+
+    def reset(self, mode: str | None = None) -> None:
+        if mode is not None:
+            self.mode = mode
+        self._drop_early()
+        self._segmenter.reset()
+        self._audio.clear()
+        self._audio_start = self._audio_pos = 0
+        self._arrivals.clear()
+        self.speech_seen = False
+
+    def close(self) -> None:
+        self._drop_early()
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, pcm: bytes, probs: list[float], arrival: float) -> list[Utterance]:
+        self._audio.extend(pcm)
+        self._audio_pos += len(pcm) // 2
+        self._arrivals.append((self._audio_pos, arrival))
+        out: list[Utterance] = []
+        for prob in probs:
+            utterance = self._on_segment(self._segmenter.feed(prob))
+            if utterance is not None:
+                out.append(utterance)
+        seg = self._segmenter
+        if self.mode == "manual":
+            if len(self._audio) > self._max_samples * 2:
+                # Kept until listen stop, up to the utterance limit (the newest audio wins).
+                del self._audio[: len(self._audio) - self._max_samples * 2]
+                self._audio_start = self._audio_pos - len(self._audio) // 2
+        elif seg.in_speech:
+            self._maybe_start_early_asr()
+            if seg.position - seg.speech_start > self._max_samples:
+                log.info("[%s] utterance reached %.0f s: cutting it here", self.tag, self._max_samples / PCM_RATE)
+                utterance = self._on_segment(seg.end())
+                if utterance is not None:
+                    out.append(utterance)
+        else:
+            self._trim_idle()
+        return out
+
+    def finish(self) -> Utterance | None:
+        """listen stop. Manual mode: the utterance is everything since listen start. Other modes:
+        speech in progress is finished now rather than thrown away."""
+        try:
+            if self.mode == "manual":
+                if self.speech_seen and self._audio:
+                    last = self._arrivals[-1][1] if self._arrivals else None
+                    return Utterance(bytes(self._audio), last, time.monotonic())
+                if self._audio:
+                    log.info("[%s] listen stop: no speech in %.1f s of audio", self.tag,
+                             len(self._audio) / 2 / PCM_RATE)
+                return None
+            return self._on_segment(self._segmenter.end()) if self._segmenter.in_speech else None
+        finally:
+            self.reset()
+
+    # ------------------------------------------------------------------ internals
+
+    def _on_segment(self, seg: Segment | None) -> Utterance | None:
+        if seg is None:
+            return None
+        if seg.event is SegmentEvent.SPEECH_START:
+            self.speech_seen = True
+            return None
+        if seg.event is SegmentEvent.DISCARD:
+            log.debug("[%s] discarded %.0f ms blip", self.tag, (seg.end - seg.start) / 16)
+            return None
+        if self.mode == "manual":
+            return None  # manual mode ends on listen stop, not on silence
+        start, end = self._bounds(seg.start, seg.end)
+        utterance = Utterance(self._slice(start, end), self._arrival_of(seg.end), time.monotonic(),
+                              self._take_early(seg.start, seg.end))
+        # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
+        del self._audio[: (end - self._audio_start) * 2]
+        self._audio_start = end
+        return utterance
+
+    def _bounds(self, start: int, end: int) -> tuple[int, int]:
+        return max(self._audio_start, start - self._pre_roll), min(self._audio_pos, end + TAIL_SAMPLES)
+
+    def _slice(self, start: int, end: int) -> bytes:
+        return bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
+
+    def _trim_idle(self) -> None:
+        keep = (self._pre_roll + self._segmenter.config.window_samples * 8) * 2
+        if len(self._audio) > keep * 2:
+            drop = len(self._audio) - keep
+            del self._audio[:drop]
+            self._audio_start += drop // 2
+
+    def _arrival_of(self, sample: int) -> float | None:
+        for end, when in self._arrivals:
+            if end >= sample:
+                return when
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    def _maybe_start_early_asr(self) -> None:
+        seg = self._segmenter
+        if not self._early_after or self._transcribe is None:
+            return
+        key = (seg.speech_start, seg.last_voiced_end)
+        if seg.silence_ms * PCM_RATE / 1000 < self._early_after:
+            if self._early is not None and seg.silence_ms == 0:
+                self._drop_early()  # the user went on talking
+            return
+        if self._early is not None and self._early[0] == key:
+            return
+        if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
+            return  # would be discarded as a blip anyway
+        self._drop_early()
+        audio = self._slice(*self._bounds(*key))
+        self._early = (key, asyncio.ensure_future(self._transcribe(audio)))
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
+    def _take_early(self, start: int, end: int) -> asyncio.Task[Any] | None:
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if early[0] == (start, end):
+            self.early_used += 1
+            return early[1]
+        early[1].cancel()
+        return None
