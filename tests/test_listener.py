@@ -1,0 +1,99 @@
+"""UtteranceListener on numbers: PCM positions and VAD probabilities in, utterances out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.pipeline.segmenter import SegmenterConfig
+from server.session.listener import TAIL_SAMPLES, UtteranceListener
+
+WIN = 512
+
+
+def frame(n_windows: int, value: int) -> bytes:
+    # Distinct sample values let us check exactly which audio ended up in an utterance.
+    return (value.to_bytes(2, "little", signed=True)) * (WIN * n_windows)
+
+
+async def feed(listener: UtteranceListener, pattern: list[tuple[int, float]]) -> list:
+    out = []
+    for i, (n, prob) in enumerate(pattern):
+        for _ in range(n):
+            out += listener.feed(frame(1, i + 1), [prob], arrival=float(len(out)))
+        await asyncio.sleep(0)
+    return out
+
+
+def make(transcribe=None, **kw) -> UtteranceListener:
+    return UtteranceListener(SegmenterConfig(min_silence_ms=500, min_speech_ms=250), pre_roll_ms=64,
+                             early_asr_ms=kw.pop("early_asr_ms", 200), max_utterance_s=kw.pop("max_s", 30),
+                             transcribe=transcribe, tag="t")
+
+
+async def test_one_utterance_with_pre_roll_and_tail() -> None:
+    listener = make()
+    out = await feed(listener, [(10, 0.0), (30, 0.9), (20, 0.0)])
+    assert len(out) == 1
+    samples = [int.from_bytes(out[0].audio[i:i + 2], "little") for i in range(0, len(out[0].audio), 2)]
+    # 64 ms of pre-roll (value 1), all the speech (value 2), then a 100 ms tail (value 3).
+    assert samples.count(1) == 1024 and samples.count(2) == 30 * WIN and samples.count(3) == TAIL_SAMPLES
+
+
+async def test_early_transcript_is_handed_over_when_silence_holds() -> None:
+    calls: list[int] = []
+
+    async def transcribe(audio: bytes) -> str:
+        calls.append(len(audio))
+        return "early"
+
+    listener = make(transcribe)
+    out = await feed(listener, [(5, 0.0), (30, 0.9), (20, 0.0)])
+    assert len(out) == 1 and out[0].asr_task is not None
+    assert await out[0].asr_task == "early"
+    assert calls == [len(out[0].audio)]  # exactly the audio of the utterance
+    assert listener.early_used == 1
+
+
+async def test_early_transcript_is_dropped_when_speech_goes_on() -> None:
+    started: list[asyncio.Task] = []
+
+    async def transcribe(audio: bytes) -> str:
+        await asyncio.sleep(10)
+        return "stale"
+
+    listener = make(transcribe)
+    await feed(listener, [(30, 0.9), (8, 0.0)])  # 256 ms of silence: early ASR starts
+    early = listener._early[1] if listener._early else None
+    assert early is not None
+    started.append(early)
+    out = await feed(listener, [(20, 0.9), (20, 0.0)])  # the user went on
+    assert len(out) == 1
+    assert early.cancelled() or early.done()
+    assert out[0].asr_task is not early
+
+
+async def test_manual_mode_keeps_everything_until_stop() -> None:
+    listener = make()
+    listener.reset("manual")
+    assert await feed(listener, [(5, 0.0), (30, 0.9), (40, 0.0), (10, 0.9)]) == []
+    utterance = listener.finish()
+    assert utterance is not None and len(utterance.audio) == 85 * WIN * 2
+
+
+async def test_manual_mode_without_speech_gives_nothing() -> None:
+    listener = make()
+    listener.reset("manual")
+    await feed(listener, [(40, 0.0)])
+    assert listener.finish() is None
+
+
+async def test_long_speech_is_cut_at_the_limit() -> None:
+    listener = make(max_s=2)
+    out = await feed(listener, [(100, 0.9)])
+    assert len(out) >= 1 and len(out[0].audio) <= (2 * 16000 + TAIL_SAMPLES + 2048) * 2
+
+
+async def test_idle_audio_is_trimmed() -> None:
+    listener = make()
+    await feed(listener, [(2000, 0.0)])  # 64 s of silence
+    assert len(listener._audio) < 64 * 1024
