@@ -97,3 +97,12 @@ async def test_idle_audio_is_trimmed() -> None:
     listener = make()
     await feed(listener, [(2000, 0.0)])  # 64 s of silence
     assert len(listener._audio) < 64 * 1024
+
+
+async def test_speech_at_the_very_start_gets_a_silent_lead_in() -> None:
+    listener = make()
+    out = await feed(listener, [(30, 0.9), (20, 0.0)])
+    assert len(out) == 1
+    lead = out[0].audio[: 1024 * 2]
+    assert lead == b"\x00\x00" * 1024  # the whole 64 ms pre-roll, made of silence
+    assert out[0].audio[1024 * 2:1024 * 2 + 2] == (1).to_bytes(2, "little")

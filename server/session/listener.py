@@ -134,8 +134,8 @@ class UtteranceListener:
         if self.mode == "manual":
             return None  # manual mode ends on listen stop, not on silence
         start, end = self._bounds(seg.start, seg.end)
-        utterance = Utterance(self._slice(start, end), self._arrival_of(seg.end), time.monotonic(),
-                              self._take_early(seg.start, seg.end))
+        utterance = Utterance(self._utterance_audio(seg.start, start, end), self._arrival_of(seg.end),
+                              time.monotonic(), self._take_early(seg.start, seg.end))
         # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
         del self._audio[: (end - self._audio_start) * 2]
         self._audio_start = end
@@ -146,6 +146,13 @@ class UtteranceListener:
 
     def _slice(self, start: int, end: int) -> bytes:
         return bytes(self._audio[(start - self._audio_start) * 2:(end - self._audio_start) * 2])
+
+    def _utterance_audio(self, speech_start: int, start: int, end: int) -> bytes:
+        """The utterance with its full pre-roll: when speech began right at listen start there is
+        no audio before it, and Whisper-class models mistranscribe a first word with no lead-in,
+        so the missing part of the pre-roll is filled with silence."""
+        missing = max(0, self._pre_roll - (speech_start - start))
+        return b"\x00\x00" * missing + self._slice(start, end)
 
     def _trim_idle(self) -> None:
         keep = (self._pre_roll + self._segmenter.config.window_samples * 8) * 2
@@ -174,7 +181,7 @@ class UtteranceListener:
         if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
             return  # would be discarded as a blip anyway
         self._drop_early()
-        audio = self._slice(*self._bounds(*key))
+        audio = self._utterance_audio(key[0], *self._bounds(*key))
         self._early = (key, asyncio.ensure_future(self._transcribe(audio)))
 
     def _drop_early(self) -> None:
