@@ -83,10 +83,14 @@ class FasterWhisperASR(Provider):
         audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
         s = self.settings
         language = "en" if self._english_only else (None if s.language == "auto" else s.language)
+        # Speech is a few tokens per second; a model fed audio it cannot read (Mandarin into an
+        # English-only model) can loop up to its 448-token limit, holding the ASR thread for
+        # seconds. The cap ends such loops without cutting real speech.
+        max_tokens = min(440, 24 + int(12 * len(audio) / PCM_RATE))
         segments, info = self._model.transcribe(
             audio, language=language, beam_size=s.beam_size, vad_filter=False,
             condition_on_previous_text=False, without_timestamps=True,
-            initial_prompt=s.initial_prompt or None)
+            initial_prompt=s.initial_prompt or None, max_new_tokens=max_tokens)
         text = "".join(seg.text for seg in segments).strip()
         return Transcript(text=text, language=getattr(info, "language", language))
 
