@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,14 +41,23 @@ def llm_section(fake: FakeOpenAIServer, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-async def tool_server(fakes) -> AsyncIterator[ServerProcess]:
+def music_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("music")
+    text = "la la la la, this is the song about the moon river, " * 6
+    subprocess.run(["espeak-ng", "-w", str(folder / "Moon River.wav"), text], check=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+async def tool_server(fakes, music_dir: Path) -> AsyncIterator[ServerProcess]:
     llm, hass = fakes
     overrides = {
         "llm": llm_section(llm),
         "intent": {"mode": "function_call", "tool_timeout_s": 3},
         "memory": {"mode": "local_short", "history_turns": 4},
         "plugins": {"home_assistant": {"enabled": True, "base_url": hass.url, "token": "ha-token",
-                                       "entities": [KITCHEN], "timeout_s": 2}},
+                                       "entities": [KITCHEN], "timeout_s": 2},
+                    "music": {"enabled": True, "music_dir": str(music_dir)}},
         "mcp_servers": {"demo": {"command": sys.executable, "args": ["-m", "tests.fakes.mcp_server"],
                                  "timeout_s": 3}},
     }
@@ -305,3 +317,45 @@ async def test_text_only_answers_without_tools_for_the_embedded_llm(server: Serv
         await dev.connect()
         result = await dev.ask_text("What time is it?")
         assert result.completed and words(" ".join(result.sentences))
+
+
+async def test_music_streams_as_paced_opus_and_stops_on_abort(tool_server: ServerProcess, fakes) -> None:
+    llm, _ = fakes
+    dev = await connected(tool_server)
+    try:
+        llm.chat_script.append(ChatReply(tool_calls=[ToolCallSpec("play_music", {"song": "moon river"})]))
+        await dev.listen_start("manual")
+        await dev.listen_detect("Play moon river.")
+        await dev.wait_for(lambda e: e.is_msg("tts", "start"), timeout=10)
+        t0 = time.monotonic()
+        await asyncio.sleep(3)
+        frames = [e for e in dev.events if e.kind == "binary" and e.t >= t0]
+        # Paced: about one 60 ms frame per 60 ms of wall clock, never a burst beyond the device queue.
+        assert 30 <= len(frames) <= 3 / 0.06 + 10, len(frames)
+        assert dev.max_queue_depth <= 40 and dev.overflow_drops == 0
+        sent = await dev.abort()
+        stop = await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t >= sent, timeout=5)
+        assert stop.t - sent < 0.1
+        await asyncio.sleep(0.5)
+        assert not [e for e in dev.events if e.kind == "binary" and e.t > stop.t]
+    finally:
+        await dev.close()
+
+
+async def test_a_dying_mcp_server_gives_an_error_result_and_the_user_an_answer(tool_server: ServerProcess,
+                                                                            fakes) -> None:
+    llm, _ = fakes
+    dev = await connected(tool_server)
+    try:
+        n_before = len(llm.chat_requests())
+        llm.chat_script.extend([ChatReply(tool_calls=[ToolCallSpec("demo_crash", {})]),
+                                ChatReply(text="That tool just broke, sorry.")])
+        result = await dev.ask_text("Use the crash tool.")
+        assert result.completed and " ".join(result.sentences) == "That tool just broke, sorry."
+        error = tool_messages(llm.chat_requests()[n_before + 1].body)[-1]["content"]
+        assert "demo" in error.lower() or "error" in error.lower(), error
+        # The manager restarts it in the background; the session keeps working meanwhile.
+        again = await dev.ask_text("Hello?")
+        assert again.completed
+    finally:
+        await dev.close()
