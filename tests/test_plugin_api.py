@@ -414,3 +414,23 @@ def test_from_config_and_extra_dirs(tmp_path: Path) -> None:
 def test_builtin_plugins_are_discovered_without_importing() -> None:
     found = available_plugins([DEFAULT_PLUGIN_DIR])
     assert {"time_date", "exit_intent", "persona", "music", "weather", "home_assistant"} <= set(found)
+
+
+async def test_readme_plugin_example_works(tmp_path) -> None:
+    """The plugin example in the README must load and behave as described."""
+    from pathlib import Path
+
+    from server.tools.base import ToolAction, ToolContext
+    from server.tools.plugins import PluginTools
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("## Tools, plugins and memory", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    (tmp_path / "cat.py").write_text(code, encoding="utf-8")
+    tools = PluginTools({"cat": {}}, extra_dirs=[tmp_path])
+    spec = tools.specs()[0]
+    assert spec.name == "feed_the_cat" and spec.parameters["properties"]["grams"]["type"] == "integer"
+    ctx = ToolContext(device_id="d", user_id="u", session_id="s", language="en")
+    ok = await tools.call(ctx, "feed_the_cat", {"grams": "40"})
+    assert ok.action is ToolAction.REPLY_LLM and ok.text == "fed 40 g"
+    too_much = await tools.call(ctx, "feed_the_cat", {"grams": 500})
+    assert too_much.action is ToolAction.SPEAK and "too much" in too_much.text
