@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from server.audio.pcm import write_wav
-from server.bench.cli import build_parser
+from server.bench.cli import build_parser, parse_args
 from server.bench.compare import compare
 from server.bench.components import ComponentOptions, run_components
 from server.bench.console import Console
@@ -210,6 +210,123 @@ async def test_compare_two_generated_reports(e2e_run: dict[str, Any], tmp_path: 
 
     code, stdout, stderr = await run_tool("--compare", str(tmp_path / "missing.json"), str(new_path), timeout=60)
     assert code == 2 and len((stdout + stderr).strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ idle devices
+
+
+async def test_idle_two_devices_rss_and_cpu_per_step(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "idle.json"
+    code, stdout, stderr = await run_tool("--idle", "2", "--idle-settle", "2", "--url", server.ws_url,
+                                          "--http-url", server.http_url, "--out", str(out))
+    assert code == 0, stdout + stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["modes"] == ["idle"] and report["e2e"] is None
+    idle = report["idle"]
+    assert idle["options"] == {"devices": 2, "settle_s": 2.0, "audio": "silence"}
+    assert [s["devices"] for s in idle["steps"]] == [0, 1, 2]
+    for step in idle["steps"]:
+        assert step["connected"] == step["devices"], step  # nobody was hung up on
+        assert positive(step["rss_mb"]) and step["rss_peak_mb"] >= step["rss_mb"], step
+        assert step["samples"] >= 2 and positive(step["window_s"]) and step["cpu_percent"] >= 0, step
+    assert positive(idle["steps"][2]["cpu_percent"])  # two microphones streaming: decode + VAD per frame
+    assert all(isinstance(v, float) for v in idle["increments"].values()), idle["increments"]
+    assert not idle["connect_errors"] and not idle["closed_by_server"]
+    assert positive(report["summary"]["idle.2dev.rss_mb"])
+    assert "IDLE DEVICES" in stdout and "each further device" in stdout
+
+
+# ------------------------------------------------------------------------------ fake providers
+
+
+def test_fake_and_idle_options() -> None:
+    args = parse_args(["--fake-tools"])
+    assert args.fake_llm and args.e2e and not args.components  # tools need the fake LLM; e2e by default
+    args = parse_args(["--idle", "3"])
+    assert args.idle == 3 and not args.e2e and not args.components
+    for bad in (["--fake-edge", "--url", "ws://127.0.0.1:1/"], ["--idle", "0"],
+                ["--fake-llm", "--fake-tokens-per-s", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(bad)
+        assert exc.value.code == 2, bad
+
+
+def check_spans(e2e: dict[str, Any], turns: int) -> dict[str, Any]:
+    """The server's spans from the LLM's first token: present for every answered turn, positive,
+    and the three steps adding up to the whole."""
+    spans = e2e["server_spans_ms"]
+    for key in ("llm_first_token_to_first_clause", "first_clause_to_tts_first_chunk",
+                "tts_first_chunk_to_first_frame_sent", "llm_first_token_to_first_frame_sent"):
+        assert spans[key]["n"] == turns and positive(spans[key]["p50"]) and positive(spans[key]["p95"]), key
+    assert spans["memory_ms"]["n"] == turns and positive(spans["memory_ms"]["p50"])
+    for turn in e2e["server_turns"]:
+        if turn["kind"] != "voice":
+            continue
+        t = turn["spans_ms"]
+        parts = (t["llm_first_token_to_first_clause"] + t["first_clause_to_tts_first_chunk"]
+                 + t["tts_first_chunk_to_first_frame_sent"])
+        assert parts == pytest.approx(t["llm_first_token_to_first_frame_sent"], abs=0.05), t
+    return spans
+
+
+async def test_fake_llm_with_piper_reports_server_spans(tmp_path: Path) -> None:
+    out = tmp_path / "fake-llm.json"
+    # The tester starts its own server, its LLM pointed at the fake OpenAI server in the tester.
+    code, stdout, stderr = await run_tool("--fake-llm", "--devices", "2", "--prompts", "1", "--no-abort",
+                                          "--out", str(out))
+    assert code == 0, stdout + stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["modes"] == ["e2e"] and report["components"] == {}
+    llm = report["config"]["llm"]
+    assert llm["type"] == "openai" and llm["base_url"].startswith("http://127.0.0.1:")
+    assert report["config"]["tts"]["type"] == "piper"
+    e2e = report["e2e"]
+    assert e2e["summary"]["turns_ok"] == 2
+    spans = check_spans(e2e, 2)
+    assert spans["tool_turns"] == 0 and spans["tool_ms"]["n"] == 0
+    fake = report["fakes"]["llm"]
+    assert (fake["ttft_ms"], fake["tokens_per_s"], fake["tools"]) == (300.0, 50.0, False)
+    assert fake["chat_requests"] >= 2 and positive(fake["ttft_ms_measured"]["p50"])
+    # The fake's writes set against the server's milestones of the same turns (one clock).
+    assert len(fake["delivery_turns"]) == 2
+    assert positive(fake["token_delivery_ms"]["p50"]) and positive(fake["clause_delivery_ms"]["p50"])
+    assert positive(report["summary"]["server.llm_first_token_to_first_frame_sent_ms.p50"])
+    assert "llm_first_token -> first_frame_sent" in stdout and "FAKE LLM" in stdout
+
+
+async def test_fake_edge_and_tool_rounds(tmp_path: Path) -> None:
+    out = tmp_path / "fake-tools.json"
+    code, stdout, stderr = await run_tool("--fake-edge", "--fake-tools", "--fake-ttft-ms", "100", "--prompts", "2",
+                                          "--no-abort", "--out", str(out))
+    assert code == 0, stdout + stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    tts = report["config"]["tts"]
+    assert tts["type"] == "edge" and tts["endpoint"].startswith("ws://127.0.0.1:")
+    e2e = report["e2e"]
+    assert e2e["summary"]["turns_ok"] == 2
+    spans = check_spans(e2e, 2)
+    # Every question called the device's volume tool once, then got its answer.
+    assert spans["tool_turns"] == 2 and spans["tool_calls"]["p50"] == 1 and positive(spans["tool_ms"]["p50"])
+
+    fakes = report["fakes"]
+    assert fakes["llm"]["ttft_ms"] == 100.0 and fakes["llm"]["chat_requests"] >= 4
+    assert fakes["llm"]["token_delivery_ms"]["n"] == 2 and positive(fakes["llm"]["clause_delivery_ms"]["p50"])
+    rounds = fakes["tool_rounds"]
+    assert len(rounds) == 2
+    for r in rounds:
+        assert r["call_received"] < r["call_first_token"] < r["call_stream_end"] < r["follow_received"] \
+            < r["follow_first_token"], r
+        for key in ("call_stream_ms", "end_to_follow_request_ms", "end_to_follow_first_token_ms", "added_to_turn_ms",
+                    "server_tool_ms"):
+            assert positive(r[key]), (key, r)
+        assert r["end_to_follow_request_ms"] >= r["server_tool_ms"], r
+    edge = fakes["edge"]
+    assert edge["requests"] >= 2 and edge["fake_synth_ms"]["n"] >= 2 and positive(edge["fake_synth_ms"]["p50"])
+    assert edge["turns"], "no turn matched to its first Edge request"
+    for turn in edge["turns"]:
+        assert turn["first_clause_to_tts_first_chunk_ms"] > turn["fake_synth_ms"] > 0, turn
+    assert positive(report["summary"]["fake.tool_round.added_to_turn_ms.p50"])
+    assert "Tool-call rounds" in stdout and "FAKE EDGE" in stdout
 
 
 # ------------------------------------------------------------------------------ components

@@ -416,16 +416,20 @@ def test_builtin_plugins_are_discovered_without_importing() -> None:
     assert {"time_date", "exit_intent", "persona", "music", "weather", "home_assistant"} <= set(found)
 
 
-async def test_readme_plugin_example_works(tmp_path) -> None:
-    """The plugin example in the README must load and behave as described."""
+def write_readme_plugin(folder) -> None:  # noqa: ANN001
     from pathlib import Path
-
-    from server.tools.base import ToolAction, ToolContext
-    from server.tools.plugins import PluginTools
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     code = readme.split("## Tools, plugins and memory", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    (tmp_path / "cat.py").write_text(code, encoding="utf-8")
+    (folder / "cat.py").write_text(code, encoding="utf-8")
+
+
+async def test_readme_plugin_example_works(tmp_path) -> None:
+    """The plugin example in the README must load and behave as described."""
+    from server.tools.base import ToolAction, ToolContext
+    from server.tools.plugins import PluginTools
+
+    write_readme_plugin(tmp_path)
     tools = PluginTools({"cat": {}}, extra_dirs=[tmp_path])
     spec = tools.specs()[0]
     assert spec.name == "feed_the_cat" and spec.parameters["properties"]["grams"]["type"] == "integer"

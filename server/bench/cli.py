@@ -26,17 +26,27 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT_DIR = ROOT / "data" / "bench"
 
 EPILOG = """\
-modes (combine freely; with none given: --components and --e2e, or only --e2e with --url):
+modes (combine freely; with none given: --components and --e2e, or only --e2e with --url or a --fake-*):
   --components   each configured provider on its own, loaded in this process
   --e2e          simulated devices against the real server
   --ramp         add devices until p95 first-reply latency passes --threshold-ms
+  --idle N       server RSS and CPU with 0, 1 and N connected devices nobody talks to
   --compare A B  ratios between two saved reports (nothing is measured)
+
+fake providers (the tester starts the server and points it at fakes running in this process):
+  --fake-llm     LLM: the test suite's fake OpenAI server, --fake-ttft-ms to the first token,
+                 then --fake-tokens-per-s (separates the server's own overhead from model speed)
+  --fake-edge    TTS: type edge against the fake Edge service (real MP3 of espeak-ng speech)
+  --fake-tools   like --fake-llm, but each question first calls the device's volume tool
 
 examples:
   python performance_tester.py                          # components + 1 device x 3 questions
   python performance_tester.py --only asr,tts           # two components only
   python performance_tester.py --e2e --devices 4 --prompts 5
   python performance_tester.py --ramp --ramp-max 12 --threshold-ms 2500
+  python performance_tester.py --idle 20                # RSS with 0, 1 and 20 idle devices
+  python performance_tester.py --fake-llm --prompts 6   # server spans at a fixed 300 ms TTFT
+  python performance_tester.py --fake-llm --fake-edge --fake-tools
   python performance_tester.py --url ws://127.0.0.1:8000/xiaozhi/v1/ --http-url http://127.0.0.1:8003
   python performance_tester.py --compare data/bench/old.json data/bench/new.json
 
@@ -56,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated components to run, from vad,asr,llm,tts (implies --components)")
     m.add_argument("--e2e", action="store_true", help="end-to-end run with simulated devices")
     m.add_argument("--ramp", action="store_true", help="load ramp: add devices until p95 first reply > --threshold-ms")
+    m.add_argument("--idle", type=int, metavar="N",
+                   help="idle devices: server RSS and CPU with 0, 1 and N connected, listening devices nobody "
+                        "talks to")
     m.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print new/old ratios of two JSON reports")
 
     c = p.add_argument_group("configuration and target")
@@ -84,6 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ramp-start", type=int, default=1, metavar="N", help="ramp: first device count (default 1)")
     e.add_argument("--ramp-step", type=int, default=1, metavar="N", help="ramp: devices added per step (default 1)")
     e.add_argument("--ramp-max", type=int, default=16, metavar="N", help="ramp: last device count tried (default 16)")
+
+    i = p.add_argument_group("idle devices (--idle)")
+    i.add_argument("--idle-settle", type=float, default=5.0, metavar="S",
+                   help="seconds to wait at each step before reading RSS; CPU is averaged over them (default 5)")
+    i.add_argument("--idle-audio", choices=("silence", "none"), default="silence",
+                   help="what an idle device sends after listen start: silence = 60 ms Opus frames of silence "
+                        "in real time, like a listening firmware's microphone (default); none = nothing")
+
+    f = p.add_argument_group("fake providers (not with --url: the tester starts the server)")
+    f.add_argument("--fake-llm", action="store_true",
+                   help="point the server's llm (type openai) at the fake OpenAI server from tests/fakes, run in "
+                        "this process")
+    f.add_argument("--fake-ttft-ms", type=float, default=300.0, metavar="MS",
+                   help="the fake LLM's time to first token (default 300)")
+    f.add_argument("--fake-tokens-per-s", type=float, default=50.0, metavar="N",
+                   help="the fake LLM's streaming speed after the first token (default 50)")
+    f.add_argument("--fake-edge", action="store_true",
+                   help="point the server's tts (type edge, via its endpoint setting) at the fake Edge service "
+                        "from tests/fakes: real MP3 of espeak-ng speech over the Edge wire format")
+    f.add_argument("--fake-tools", action="store_true",
+                   help="implies --fake-llm; every question first gets a call of the device tool "
+                        "self_audio_speaker_set_volume, then the answer: measures the tool-call round")
 
     s = p.add_argument_group("component test sets")
     s.add_argument("--quick", action="store_true",
@@ -129,11 +164,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.ramp and args.ramp_max < args.ramp_start:
         parser.error("--ramp-max must be at least --ramp-start")
+    if args.idle is not None and args.idle < 1:
+        parser.error("--idle must be at least 1")
+    if args.idle_settle <= 0:
+        parser.error("--idle-settle must be positive")
+    if args.fake_tools:
+        args.fake_llm = True
+    if uses_fakes(args):
+        if args.url:
+            parser.error("--fake-llm/--fake-edge/--fake-tools configure the server the tester starts: drop --url")
+        if args.fake_ttft_ms < 0 or args.fake_tokens_per_s <= 0:
+            parser.error("--fake-ttft-ms must be >= 0 and --fake-tokens-per-s > 0")
     args.languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
-    if not args.components and not args.e2e and not args.ramp:
+    if not args.components and not args.e2e and not args.ramp and args.idle is None:
         args.e2e = True
-        args.components = not args.url
+        # With fakes the point is the server's own overhead end to end; --components still
+        # measures the providers (the LLM against the fake) when asked for.
+        args.components = not args.url and not uses_fakes(args)
     return args
+
+
+def uses_fakes(args: argparse.Namespace) -> bool:
+    return bool(args.fake_llm or args.fake_edge or args.fake_tools)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +221,8 @@ def override_path(args: argparse.Namespace) -> Path | None:
 
 
 async def run_main(args: argparse.Namespace, command: list[str]) -> int:
-    from server.bench.machine import load_average, machine_info
-    from server.bench.report import BenchRun, print_report, redact
     from server.config.loader import ConfigError, load_config, read_yaml
 
-    console = Console(quiet=args.quiet)
     override = override_path(args)
     try:
         config = load_config(override=override, cwd=ROOT)
@@ -184,7 +233,50 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a provider module that fails to import
         print(f"error: cannot load the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if not uses_fakes(args):
+        return await run_measured(args, command, config, overrides, override, None)
+    try:
+        from server.bench.fakes import BenchFakes, FakeOptions
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    fakes = BenchFakes(FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
+                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language))
+    try:
+        await fakes.start()
+        # The fakes' ports are known only now: merge their sections over the user's override
+        # and validate again, so the recorded config is the one the server really runs.
+        overrides = with_fakes(overrides, fakes.overrides(overrides))
+        try:
+            config = effective_config(overrides)
+        except ConfigError as exc:
+            print(f"error: config with the fakes: {exc}", file=sys.stderr)
+            return 2
+        return await run_measured(args, command, config, overrides, override, fakes)
+    finally:
+        await fakes.close()
 
+
+def with_fakes(overrides: dict[str, Any], fake_sections: dict[str, Any]) -> dict[str, Any]:
+    from server.config.loader import deep_merge
+
+    return deep_merge(overrides, fake_sections)
+
+
+def effective_config(overrides: dict[str, Any]) -> Any:
+    """config.yaml <- `overrides`, validated the way the server will (load_config reads files;
+    this merged override exists only in memory until start_server writes it)."""
+    from server.config.loader import DEFAULT_CONFIG, deep_merge, expand_env, read_yaml, validate
+
+    return validate(expand_env(deep_merge(read_yaml(DEFAULT_CONFIG), overrides)))
+
+
+async def run_measured(args: argparse.Namespace, command: list[str], config: Any, overrides: dict[str, Any],
+                       override: Path | None, fakes: Any) -> int:
+    from server.bench.machine import load_average, machine_info
+    from server.bench.report import BenchRun, print_report, redact
+
+    console = Console(quiet=args.quiet)
     if args.url:
         # Before anything else: an unreachable target is one line and exit 2, not a report.
         from server.bench.e2e import Target, probe
@@ -194,10 +286,12 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
             print(f"error: {problem}", file=sys.stderr)
             return 2
 
-    modes = [m for m in ("components", "e2e", "ramp") if getattr(args, m)]
+    modes = [m for m in ("components", "idle", "e2e", "ramp") if getattr(args, m) not in (None, False)]
     source = str(override) if override else "config.yaml (no override file)"
     if args.url:
         source += "; read locally: the server at --url may run another config"
+    if fakes is not None:
+        source += "; " + ", ".join(f"{kind} pointed at the in-process fake" for kind in fakes.overrides(overrides))
     run = BenchRun(command=command, modes=modes, machine=machine_info(), config=redact(config.model_dump(mode="json")),
                    config_source=source)
     started = time.monotonic()
@@ -223,6 +317,8 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
+    if fakes is not None:
+        run.fakes = fakes.report(run.server_turns())
     run.finished_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     run.duration_s = round(time.monotonic() - started, 1)
     run.load_average_after = load_average()
@@ -262,6 +358,7 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
                     overrides: dict[str, Any]) -> None:
     from server.bench.components import run_components
     from server.bench.e2e import E2EOptions, E2EResult, run_e2e
+    from server.bench.idle import IdleOptions, IdleResult, run_idle
     from server.bench.load import RampOptions, RampResult, run_ramp
 
     if args.components:
@@ -276,13 +373,18 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
             tts_sentences=args.tts_sentences or (2 if quick else None),
         )
         await run_components(config, ROOT, args.only or KINDS, options, console, run.components)
-    if not (args.e2e or args.ramp):
+    if not (args.e2e or args.ramp or args.idle):
         return
     e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms,
                           abort_trial=not args.no_abort, turn_timeout_s=args.turn_timeout,
                           language=config.assistant.language)
     try:
         async with target(args, overrides, console) as tgt:
+            if args.idle:
+                # First, on the fresh server: the turns of the other modes would leave memory behind.
+                run.idle = IdleResult(IdleOptions(devices=args.idle, settle_s=args.idle_settle,
+                                                  audio=args.idle_audio), tgt)
+                await run_idle(tgt, run.idle.options, console, run.idle)
             if args.e2e:
                 run.e2e = E2EResult(e2e_opts, tgt)
                 await run_e2e(tgt, e2e_opts, console, run.e2e)

@@ -21,7 +21,7 @@ from typing import Any
 
 from server.bench.console import Console, Progress
 from server.bench.resources import ResourceSampler
-from server.bench.server_metrics import MetricsPoller, get_json, stage_summary
+from server.bench.server_metrics import MetricsPoller, get_json, span_summary, stage_summary, turn_spans
 from server.bench.stats import percentile, summarize
 from server.bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
 from server.devsim import DeviceIdentity, SimDevice
@@ -149,13 +149,15 @@ class E2EResult:
             "summary": self.summary(),
             "per_device": self.per_device(),
             "server_stages_ms": stage_summary(self.server_turns),
+            "server_spans_ms": span_summary(self.server_turns),
             "resources": self.resources,
             "server_counters": self.server_counters,
             "connect_errors": self.connect_errors,
             "violations": self.violations,
             "notes": self.notes,
             "turns": [asdict(t) for t in self.turns],
-            "server_turns": self.server_turns,
+            # Each raw /metrics turn, with its spans from the LLM's first token worked out.
+            "server_turns": [{**t, "spans_ms": turn_spans(t)} for t in self.server_turns],
         }
 
 

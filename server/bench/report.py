@@ -17,11 +17,14 @@ from typing import Any
 from server.bench.components import ComponentReport
 from server.bench.console import Console
 from server.bench.e2e import E2EResult
+from server.bench.idle import IdleResult
 from server.bench.load import RampResult
-from server.bench.server_metrics import STAGES, stage_summary
+from server.bench.server_metrics import SPAN_LABELS, SPANS, STAGES, span_summary, stage_summary
 
 SCHEMA = "xiaozhi-bench/1"
-_SECRET = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
+# Names that end like a credential (api_key, token, secret, an Authorization header); anchored
+# at the end so that e.g. `max_tokens_param` ("max_tokens") is not hidden.
+_SECRET = re.compile(r"(key|secret|token|password|authorization)$", re.IGNORECASE)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class BenchRun:
     components: list[ComponentReport] = field(default_factory=list)
     e2e: E2EResult | None = None
     ramp: RampResult | None = None
+    idle: IdleResult | None = None
+    fakes: dict[str, Any] | None = None  # what the in-process fake providers saw (--fake-*)
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -45,10 +50,20 @@ class BenchRun:
     def failed(self) -> bool:
         if self.errors or any(c.status == "failed" for c in self.components):
             return True
+        if self.idle is not None and (self.idle.connect_errors or self.idle.closed_by_server):
+            return True
         if self.e2e is not None:
             s = self.e2e.summary()
             return bool(s["turns_failed"] or s["connect_errors"])
         return False
+
+    def server_turns(self) -> list[dict[str, Any]]:
+        """Every /metrics turn of our devices, from the end-to-end run and the ramp steps."""
+        turns = list(self.e2e.server_turns) if self.e2e is not None else []
+        if self.ramp is not None:
+            for step in self.ramp.steps:
+                turns += step.result.server_turns
+        return turns
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +80,8 @@ class BenchRun:
             "components": {c.key or c.kind: dataclasses.asdict(c) for c in self.components},
             "e2e": self.e2e.to_json() if self.e2e is not None else None,
             "ramp": self.ramp.to_json() if self.ramp is not None else None,
+            "idle": self.idle.to_json() if self.idle is not None else None,
+            "fakes": self.fakes,
             "summary": flat_summary(self),
             "errors": self.errors,
             "notes": self.notes,
@@ -132,6 +149,24 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
             _put(out, f"e2e.{key}", r.get(key))
         for stage, stats in stage_summary(run.e2e.server_turns).items():
             _put_stats(out, f"server.{stage}_ms", stats, ("p50", "p95"))
+        spans = span_summary(run.e2e.server_turns)
+        for key in [k for k, *_ in SPANS] + ["tool_ms", "memory_ms"]:
+            _put_stats(out, f"server.{key}" + ("" if key.endswith("_ms") else "_ms"), spans.get(key), ("p50", "p95"))
+    if run.idle is not None:
+        for step in run.idle.steps:
+            _put(out, f"idle.{step.devices}dev.rss_mb", step.rss_mb)
+            _put(out, f"idle.{step.devices}dev.rss_peak_mb", step.rss_peak_mb)
+            _put(out, f"idle.{step.devices}dev.cpu_percent", step.cpu_percent)
+        for key, value in run.idle.increments().items():
+            _put(out, f"idle.{key}", value)
+    fake_llm = ((run.fakes or {}).get("llm") or {})
+    for key in ("token_delivery_ms", "clause_delivery_ms"):
+        _put_stats(out, f"fake.llm.{key}", fake_llm.get(key), ("p50", "p95"))
+    tool = ((run.fakes or {}).get("tool_round_summary") or {})
+    for key in ("server_tool_ms", "end_to_follow_request_ms", "end_to_follow_first_token_ms", "added_to_turn_ms"):
+        _put_stats(out, f"fake.tool_round.{key}", tool.get(key), ("p50", "p95"))
+    edge = ((run.fakes or {}).get("edge") or {})
+    _put_stats(out, "fake.edge.server_and_client_ms", edge.get("server_and_client_ms"), ("p50", "p95"))
     if run.ramp is not None:
         _put(out, "ramp.capacity_devices", run.ramp.capacity)
         for step in run.ramp.steps:
@@ -258,10 +293,14 @@ def print_report(run: BenchRun, console: Console) -> None:
         console.print(table(STATS_HEADERS, component_rows(c)))
         for note in c.notes:
             console.print(f"  note: {note}")
+    if run.idle is not None:
+        print_idle(run.idle, console)
     if run.e2e is not None:
         print_e2e(run.e2e, console)
     if run.ramp is not None:
         print_ramp(run.ramp, console)
+    if run.fakes:
+        print_fakes(run.fakes, console)
     for err in run.errors:
         console.print(f"error: {err}")
     if run.interrupted:
@@ -286,6 +325,16 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
     if any(v["n"] for v in stages.values()):
         console.print("Server stages (/metrics), ms")
         console.print(table(STATS_HEADERS, [_stats_row(name, stages[name]) for name in STAGES]))
+    spans = span_summary(e2e.server_turns)
+    if any((spans[key] or {}).get("n") for key in SPAN_LABELS):
+        console.print("Server spans per answered turn (/metrics), ms: what the server adds between the LLM's first "
+                      "token and the first audio frame")
+        rows = [_stats_row(label, spans[key]) for key, label in SPAN_LABELS.items()]
+        rows.append(_stats_row("memory lookup (memory_ms)", spans["memory_ms"]))
+        if spans["tool_turns"]:
+            rows.append(_stats_row("tool calls per tool turn", spans["tool_calls"], "calls"))
+            rows.append(_stats_row("tools run (tool_ms)", spans["tool_ms"]))
+        console.print(table(STATS_HEADERS, rows))
     r = e2e.resources
     if r.get("cpu_percent_mean") is not None:
         console.print(f"Server process: CPU mean {r['cpu_percent_mean']}% (peak {r['cpu_percent_peak']}%, 100% = one "
@@ -315,6 +364,60 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
         console.print(f"  firmware-visible problem: {v}")
     for note in e2e.notes:
         console.print(f"  note: {note}")
+
+
+def print_idle(idle: IdleResult, console: Console) -> None:
+    o = idle.options
+    console.print()
+    console.print(f"IDLE DEVICES: connected and listening, nobody speaking ({o.audio}); "
+                  f"{o.settle_s:g} s settle per step")
+    rows = [[s.devices, s.connected, s.rss_mb, s.rss_peak_mb, s.cpu_percent, s.connect_s] for s in idle.steps]
+    console.print(table(["devices", "open", "RSS MB", "RSS peak MB", "CPU %", "connect s"], rows))
+    inc = idle.increments()
+    console.print(f"  first device: {_cell(inc['rss_first_device_mb'])} MB, {_cell(inc['cpu_percent_first_device'])}% "
+                  f"CPU; each further device: {_cell(inc['rss_per_device_mb'])} MB, "
+                  f"{_cell(inc['cpu_percent_per_device'])}% CPU (100% = one core)")
+    if idle.client_cpu_percent is not None:
+        console.print(f"  simulated devices (this process): CPU mean {idle.client_cpu_percent}%")
+    for err in idle.connect_errors[:5]:
+        console.print(f"  connect error: {err}")
+    for closed in idle.closed_by_server[:5]:
+        console.print(f"  closed by the server: {closed}")
+    for note in idle.notes:
+        console.print(f"  note: {note}")
+
+
+def print_fakes(fakes: dict[str, Any], console: Console) -> None:
+    llm, edge = fakes.get("llm"), fakes.get("edge")
+    console.print()
+    if llm:
+        ttft = llm.get("ttft_ms_measured") or {}
+        console.print(f"FAKE LLM: {llm['ttft_ms']:g} ms to the first token, {llm['tokens_per_s']:g} tokens/s"
+                      f"{', tool call first' if llm.get('tools') else ''}; {llm['chat_requests']} request(s), "
+                      f"measured TTFT p50 {_cell(ttft.get('p50'))} ms")
+        if (llm.get("token_delivery_ms") or {}).get("n"):
+            console.print("LLM stream -> server pipeline (fake wrote the chunk -> server milestone), ms")
+            console.print(table(STATS_HEADERS, [
+                _stats_row("first text chunk -> llm_first_token", llm["token_delivery_ms"]),
+                _stats_row("first-clause chunk -> first_clause", llm["clause_delivery_ms"]),
+            ]))
+    rounds = fakes.get("tool_round_summary")
+    if rounds:
+        console.print(f"Tool-call rounds ({len(fakes.get('tool_rounds') or [])}), as the fake LLM saw them, ms")
+        console.print(table(STATS_HEADERS, [
+            _stats_row("tool-call stream (first chunk -> end)", rounds["call_stream_ms"]),
+            _stats_row("tools run on the server (tool_ms)", rounds["server_tool_ms"]),
+            _stats_row("stream end -> follow-up request", rounds["end_to_follow_request_ms"]),
+            _stats_row("  of which not the tool itself", rounds["gap_minus_tool_ms"]),
+            _stats_row("stream end -> follow-up first token", rounds["end_to_follow_first_token_ms"]),
+            _stats_row("added to the turn (1st -> 2nd first token)", rounds["added_to_turn_ms"]),
+        ]))
+    if edge:
+        console.print(f"FAKE EDGE: {edge['requests']} request(s)")
+        console.print(table(STATS_HEADERS, [
+            _stats_row("fake's own synthesis (SSML -> first audio)", edge.get("fake_synth_ms")),
+            _stats_row("first_clause -> tts_first_chunk minus that", edge.get("server_and_client_ms")),
+        ]))
 
 
 def print_ramp(ramp: RampResult, console: Console) -> None:

@@ -66,6 +66,19 @@ class ResourceSampler:
                 self.error = f"process {self.pid} went away: {exc}"
                 return
 
+    async def sample_now(self) -> Sample | None:
+        """One sample at this moment (off the loop), e.g. at the edges of a measuring window;
+        None once the process cannot be read."""
+        if self._proc is None:
+            return None
+        import psutil
+
+        try:
+            return await asyncio.to_thread(self._sample)
+        except (psutil.Error, OSError) as exc:
+            self.error = f"process {self.pid} went away: {exc}"
+            return None
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -76,3 +76,50 @@ def stage_summary(turns: Iterable[dict[str, Any]]) -> dict[str, Any]:
     different shape: no endpoint, no ASR)."""
     voice = [t for t in turns if t.get("kind") == "voice" and not t.get("interrupted") and not t.get("error")]
     return {stage: summarize((t.get("stages_ms") or {}).get(stage) for t in voice) for stage in STAGES}
+
+
+# What the server adds between the LLM's first token and the first audio frame: each span is
+# (JSON key, table label, from milestone, to milestone) over the raw TurnMetrics timestamps.
+SPANS = (
+    ("llm_first_token_to_first_clause", "llm_first_token -> first_clause", "llm_first_token", "first_clause"),
+    ("first_clause_to_tts_first_chunk", "first_clause -> tts_first_chunk", "first_clause", "tts_first_chunk"),
+    ("tts_first_chunk_to_first_frame_sent", "tts_first_chunk -> first_frame_sent", "tts_first_chunk",
+     "first_frame_sent"),
+    ("llm_first_token_to_first_frame_sent", "llm_first_token -> first_frame_sent", "llm_first_token",
+     "first_frame_sent"),
+)
+SPAN_LABELS = {key: label for key, label, _, _ in SPANS}
+
+
+def answered_turns(turns: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Turns the LLM answered in full: voice and typed ones alike (the spans start at the LLM's
+    first token, so how the question arrived does not matter), but not interrupted or failed ones."""
+    return [t for t in turns if t.get("kind") in ("voice", "text") and not t.get("interrupted")
+            and not t.get("error")]
+
+
+def _span_ms(turn: dict[str, Any], start: str, end: str) -> float | None:
+    a, b = turn.get(start), turn.get(end)
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return None
+    return round((b - a) * 1000, 2)
+
+
+def turn_spans(turn: dict[str, Any]) -> dict[str, float | None]:
+    return {key: _span_ms(turn, start, end) for key, _, start, end in SPANS}
+
+
+def span_summary(turns: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """p50/p95/max of the server's spans from the LLM's first token to the first frame, and of
+    the tool and memory costs per turn. Tool figures cover only turns that called a tool (a
+    median over mostly-zero turns says nothing); memory_ms covers every answered turn, since
+    the lookup runs before each LLM call."""
+    done = answered_turns(turns)
+    out: dict[str, Any] = {key: summarize((turn_spans(t)[key] for t in done), 2) for key, *_ in SPANS}
+    with_tools = [t for t in done if (t.get("tool_calls") or 0) > 0]
+    out["tool_turns"] = len(with_tools)
+    out["tool_calls"] = summarize((t.get("tool_calls") for t in with_tools), 2)
+    out["tool_ms"] = summarize((t.get("tool_ms") for t in with_tools), 2)
+    out["memory_ms"] = summarize((t.get("memory_ms") for t in done if t.get("llm_first_token") is not None
+                                  or t.get("first_clause") is not None), 2)
+    return out

@@ -135,6 +135,7 @@ class Session:
         for source in services.tool_sources:
             self.toolbox.add(source)
         self.device_tools: Any = None  # DeviceMcpClient once the device announced MCP
+        self.last_memory_ms = 0.0
         self.iot_tools: Any = None  # IotTools once a legacy device sent descriptors
 
     # ------------------------------------------------------------------ life cycle
@@ -391,18 +392,24 @@ class Session:
     async def build_messages(self, user_text: str) -> list[ChatMessage]:
         """System prompt (persona), context (time, memory, device), history and the new text."""
         cfg = self.services.config
+        t0 = time.monotonic()
         await self._memory_loaded.wait()
+        waited = time.monotonic() - t0
         if self.device_tools is not None and not self.device_tools.ready:
             # A device that just connected may still be listing its tools; a short wait lets
             # the first question use them.
             await self.device_tools.wait_ready(cfg.intent.device_tools_wait_s)
         persona = ""
         memory = self.services.memory
+        t1 = time.monotonic()
         if memory is not None and memory.store is not None:
             try:
                 persona = await memory.store.get_value(self.user_id, "persona") or ""
             except Exception:  # noqa: BLE001 - a broken store must not stop the answer
                 log.exception("[%s] reading the persona failed", self.tag)
+        # Memory time on this turn's path: waiting for the session's memory load plus the
+        # persona lookup (not the wait for the device's tool list).
+        self.last_memory_ms = round((waited + time.monotonic() - t1) * 1000, 2)
         summary = self.memory.summary if self.memory is not None else ""
         # What the device itself can do (its MCP tools), in one line each.
         capabilities = ([spec.description.split(".")[0] for spec in self.device_tools.specs()]

@@ -141,9 +141,8 @@ class Turn:
         responder = s.responder(on_first_token=self._mark_first_token)
         said = 0
         try:
-            t0 = time.monotonic()
             messages = await s.build_messages(text)
-            self.metrics.memory_ms = round((time.monotonic() - t0) * 1000, 2)
+            self.metrics.memory_ms = s.last_memory_ms
             async for item in responder.run(messages):
                 if isinstance(item, Sentence):
                     if not item.text:

@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field
 
@@ -39,6 +40,10 @@ class EdgeSettings(ProviderSettings):
     pitch: str = Field(default="+0Hz", pattern=_HERTZ)  # e.g. "+5Hz"
     # http://host:port proxy for the WebSocket. HTTPS_PROXY/NO_PROXY are honoured too.
     proxy: str | None = None
+    # WebSocket URL of the read-aloud service, for a mirror, a proxying gateway or tests, e.g.
+    # ws://127.0.0.1:8300/consumer/speech/synthesize/readaloud/edge/v1 (edge-tts's
+    # TrustedClientToken is added when the URL has none). Empty: Microsoft's. Process-wide: see load().
+    endpoint: str = Field(default="", pattern=r"^(wss?://\S+)?$")
     # Longest wait for the connection and for each next message: a stalled stream fails after
     # this instead of hanging the turn.
     timeout_s: float = Field(default=10.0, gt=0, le=120)
@@ -46,6 +51,40 @@ class EdgeSettings(ProviderSettings):
     retries: int = Field(default=1, ge=0, le=5)
     # MP3 decodes running at once, shared by all sessions (decoding takes <0.1% of the audio time).
     workers: int = Field(default=2, ge=1, le=16)
+
+
+_applied_endpoint: str | None = None  # the URL load() last put into edge-tts, if any
+
+
+def endpoint_url(endpoint: str, token: str) -> str:
+    """The URL edge-tts needs: it appends `&ConnectionId=...` to it, so it must already carry a
+    query, and the service (or a faithful mirror) expects the TrustedClientToken there."""
+    parts = urlsplit(endpoint)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(key == "TrustedClientToken" for key, _ in query):
+        query.append(("TrustedClientToken", token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def apply_endpoint(edge_tts: Any, endpoint: str, name: str) -> None:
+    """Point edge-tts at `endpoint`.
+
+    edge-tts has no per-call URL: every Communicate reads the module global
+    `edge_tts.communicate.WSS_URL` when it connects (its `connector`/`proxy` cannot redirect it,
+    since TLS is verified for speech.platform.bing.com). So this is process-wide: all EdgeTTS
+    providers of this server use the endpoint loaded last, and two different endpoints in one
+    config cannot both work; that case is logged."""
+    global _applied_endpoint
+    from edge_tts import constants
+
+    url = endpoint_url(endpoint, constants.TRUSTED_CLIENT_TOKEN)
+    current = edge_tts.communicate.WSS_URL
+    if _applied_endpoint is not None and current == _applied_endpoint and current != url:
+        log.warning("%s: endpoint %s replaces %s for every Edge voice in this process (edge-tts has one "
+                    "URL per process)", name, url, current)
+    edge_tts.communicate.WSS_URL = url
+    _applied_endpoint = url
+    log.info("%s: Edge service endpoint %s", name, url)
 
 
 class EdgeTTS(Provider):
@@ -73,10 +112,16 @@ class EdgeTTS(Provider):
             edge_tts.Communicate("check", s.voice, rate=s.rate, volume=s.volume, pitch=s.pitch, proxy=s.proxy)
         except (TypeError, ValueError) as exc:
             raise ProviderUnavailable(f"tts.edge: invalid settings: {exc}") from None
+        if s.endpoint:
+            apply_endpoint(edge_tts, s.endpoint, self.name)
+        elif _applied_endpoint is not None and _applied_endpoint == edge_tts.communicate.WSS_URL:
+            log.warning("%s: no endpoint set, but another Edge provider in this process set %s, which "
+                        "this one will use too (edge-tts has one URL per process)", self.name, _applied_endpoint)
         self._edge_tts = edge_tts
 
     def describe(self) -> str:
-        return f"{self.name} ({self.settings.voice})"
+        via = f" via {self.settings.endpoint}" if self.settings.endpoint else ""
+        return f"{self.name} ({self.settings.voice}{via})"
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
         if self._edge_tts is None:
