@@ -19,34 +19,19 @@ import server.providers.tts.edge as edge_module
 from server.providers.base import ProviderContext
 from server.providers.tts.edge import EdgeSettings, EdgeTTS, endpoint_url
 from tests.fakes.edge_server import PATH, TRUSTED_CLIENT_TOKEN, FakeEdgeServer
+from tests.fakes.net_guard import block_internet
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _NoDNS:
-    """aiohttp resolver that refuses every hostname (IP literals such as 127.0.0.1 bypass it)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
-        raise OSError(f"test guard: DNS lookup of {host!r} refused (tests never use the internet)")
-
-    async def close(self) -> None:
-        pass
-
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aiohttp.connector
     import edge_tts.communicate
 
-    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", _NoDNS)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "WS_PROXY", "WSS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.lower(), raising=False)
+    block_internet(monkeypatch)
     # Restored after each test: the setting changes a process-wide global on purpose.
     monkeypatch.setattr(edge_tts.communicate, "WSS_URL", edge_tts.communicate.WSS_URL)
     monkeypatch.setattr(edge_module, "_applied_endpoint", None)

@@ -24,32 +24,15 @@ from server.providers.base import AudioChunk, ProviderContext, ProviderError, Pr
 from server.providers.tts.edge import EdgeSettings, EdgeTTS
 from tests.conftest import similarity, transcribe
 from tests.fakes.edge_server import FakeEdgeServer
+from tests.fakes.net_guard import block_internet
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class _NoDNS:
-    """aiohttp resolver that refuses every hostname (IP literals such as 127.0.0.1 bypass it)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
-        raise OSError(f"test guard: DNS lookup of {host!r} refused (tests never use the internet)")
-
-    async def close(self) -> None:
-        pass
-
 
 @pytest.fixture(autouse=True)
 def no_internet(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aiohttp.connector
-
-    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", _NoDNS)
-    # edge-tts opens its session with trust_env=True: keep a developer's proxy out of the way.
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "WS_PROXY", "WSS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.lower(), raising=False)
+    block_internet(monkeypatch)
 
 
 @pytest.fixture

@@ -144,7 +144,8 @@ class AlwaysActive:
     active = True
 
 
-async def test_pacer_sends_prebuffer_then_real_time() -> None:
+def virtual_pacer(prebuffer: int) -> tuple[PacedOutput, list[float], FakeClock]:
+    """A pacer on a virtual clock: sleeping advances time, sending records the send time."""
     clock = FakeClock()
     sent: list[float] = []
 
@@ -154,7 +155,11 @@ async def test_pacer_sends_prebuffer_then_real_time() -> None:
     async def fake_sleep(d: float) -> None:
         clock.t += d
 
-    out = PacedOutput(send, frame_ms=60, prebuffer=5, clock=clock, sleep=fake_sleep)
+    return PacedOutput(send, frame_ms=60, prebuffer=prebuffer, clock=clock, sleep=fake_sleep), sent, clock
+
+
+async def test_pacer_sends_prebuffer_then_real_time() -> None:
+    out, sent, clock = virtual_pacer(5)
     for _ in range(50):
         assert await out.send_frame(AlwaysActive(), b"x")
     assert sent[:5] == pytest.approx([100.0] * 5)
@@ -167,16 +172,7 @@ async def test_pacer_sends_prebuffer_then_real_time() -> None:
 
 
 async def test_pacer_rebases_after_a_gap() -> None:
-    clock = FakeClock()
-    sent: list[float] = []
-
-    async def send(_: bytes) -> None:
-        sent.append(clock.t)
-
-    async def fake_sleep(d: float) -> None:
-        clock.t += d
-
-    out = PacedOutput(send, frame_ms=60, prebuffer=3, clock=clock, sleep=fake_sleep)
+    out, sent, clock = virtual_pacer(3)
     for _ in range(3):
         await out.send_frame(AlwaysActive(), b"x")
     clock.t += 5  # TTS was slow: the device played everything and waited

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.tools.base import ToolContext, ToolResult, ToolSpec
+from server.tools.base import ToolContext, ToolResult, ToolSpec, object_schema
 
 log = logging.getLogger("server.devices.mcp")
 
@@ -232,7 +232,7 @@ class DeviceMcpClient:
             # One second more than our own wait, so the toolbox's timeout never fires first and
             # the LLM reads "the device did not answer", not a generic message.
             specs.append(ToolSpec(name=name, description=description or name,
-                                  parameters=_object_schema(tool.get("inputSchema")), timeout_s=timeout + 1))
+                                  parameters=object_schema(tool.get("inputSchema")), timeout_s=timeout + 1))
         self._tools = kept
         self._specs = specs
 
@@ -313,17 +313,6 @@ class DeviceMcpClient:
             log.info("[%s] MCP: response %d has neither result nor error: ignored", self.tag, rid)
 
 
-def _object_schema(schema: Any) -> dict[str, Any]:
-    """The device's inputSchema as an OpenAI `parameters` object (always type object)."""
-    if not isinstance(schema, dict):
-        return {"type": "object", "properties": {}}
-    out = dict(schema)
-    out["type"] = "object"
-    if not isinstance(out.get("properties"), dict):
-        out["properties"] = {}
-    if "required" in out and not (isinstance(out["required"], list) and out["required"]):
-        del out["required"]  # some validators reject an empty or malformed list
-    return out
 
 
 def _tool_result(result: Any) -> ToolResult:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.mcp_ext.config import McpServerConfig
-from server.tools.base import ToolContext, ToolResult, ToolSpec
+from server.tools.base import ToolContext, ToolResult, ToolSpec, object_schema
 
 if TYPE_CHECKING:  # the SDK is imported only when a server is actually started
     from mcp import ClientSession
@@ -409,7 +409,7 @@ class McpServerRunner:
                 description = tool.description or tool.title or tool.name
                 entries.append(_ToolEntry(self.name, tool.name, ToolSpec(
                     name=f"{prefix}{tool.name}", description=description,
-                    parameters=_object_schema(tool.input_schema),
+                    parameters=object_schema(tool.input_schema),
                     # a little longer than our own wait, so our message (naming the server) wins
                     timeout_s=cfg.timeout_s + 1)))
             cursor = result.next_cursor
@@ -456,14 +456,6 @@ class McpServerRunner:
         return _tool_result(result)
 
 
-def _object_schema(schema: Any) -> dict[str, Any]:
-    if not isinstance(schema, dict):
-        return {"type": "object", "properties": {}}
-    out = dict(schema)
-    out["type"] = "object"
-    if not isinstance(out.get("properties"), dict):
-        out["properties"] = {}
-    return out
 
 
 def _tool_result(result: Any) -> ToolResult:

@@ -25,6 +25,21 @@ def sanitize_tool_name(name: str) -> str:
     return clean[:64]
 
 
+def object_schema(schema: Any) -> dict[str, Any]:
+    """A tool's JSON Schema as an OpenAI `parameters` object: always `type: object` with a
+    `properties` mapping; an empty or malformed `required` list is dropped, since some
+    validators reject it. Device and MCP servers send all kinds of almost-right schemas."""
+    if not isinstance(schema, dict):
+        return {"type": "object", "properties": {}}
+    out = dict(schema)
+    out["type"] = "object"
+    if not isinstance(out.get("properties"), dict):
+        out["properties"] = {}
+    if "required" in out and not (isinstance(out["required"], list) and out["required"]):
+        del out["required"]
+    return out
+
+
 @dataclass(slots=True)
 class ToolSpec:
     name: str  # as the source knows it (may contain dots)
