@@ -359,3 +359,29 @@ async def test_a_dying_mcp_server_gives_an_error_result_and_the_user_an_answer(t
         assert again.completed
     finally:
         await dev.close()
+
+
+async def test_legacy_iot_device_methods_become_tools(tool_server: ServerProcess, fakes) -> None:
+    """A firmware <= 1.7 device announces IoT descriptors; the model's call becomes an iot command."""
+    llm, _ = fakes
+    dev = await connected(tool_server)
+    try:
+        descriptor = {"name": "Speaker", "description": "The speaker", "properties": {
+            "volume": {"description": "current volume", "type": "number"}}, "methods": {
+            "SetVolume": {"description": "Set the volume", "parameters": {
+                "volume": {"description": "0-100", "type": "number"}}}}}
+        await dev.send_text_raw(json.dumps({"session_id": dev.session_id, "type": "iot", "update": True,
+                                            "descriptors": [descriptor]}))
+        await dev.send_text_raw(json.dumps({"session_id": dev.session_id, "type": "iot", "update": True,
+                                            "states": [{"name": "Speaker", "state": {"volume": 80}}]}))
+        n_before = len(llm.chat_requests())
+        llm.chat_script.extend([ChatReply(tool_calls=[ToolCallSpec("iot_Speaker_SetVolume", {"volume": 20})]),
+                                ChatReply(text="Volume twenty.")])
+        result = await dev.ask_text("Make it quieter.")
+        assert result.completed and result.sentences == ["Volume twenty."]
+        assert "iot_Speaker_SetVolume" in tool_names(llm.chat_requests()[n_before].body)
+        commands = [m for m in dev.messages("iot") if m.get("commands")]
+        assert commands and commands[-1]["commands"][0]["method"] == "SetVolume"
+        assert commands[-1]["commands"][0]["parameters"] == {"volume": 20}
+    finally:
+        await dev.close()
