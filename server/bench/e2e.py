@@ -183,6 +183,17 @@ async def probe(target: Target, timeout_s: float = 10.0) -> str | None:
     return None
 
 
+
+async def _recorded(record: TurnRecord, trial: Any) -> None:
+    """Run one trial; a failure is written into its record instead of ending the device's run."""
+    try:
+        await trial
+    except asyncio.CancelledError:
+        record.error, record.interrupted = "interrupted", True
+        raise
+    except Exception as exc:  # noqa: BLE001
+        record.error = _reason(exc)
+
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200]
@@ -255,13 +266,7 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
             text, pcm = questions[(index + k) % len(questions)]
             record = TurnRecord(index, k, "question", text, round(time.monotonic() - t0, 2))
             result.turns.append(record)
-            try:
-                await _question(dev, record, pcm, opts)
-            except asyncio.CancelledError:
-                record.error, record.interrupted = "interrupted", True
-                raise
-            except Exception as exc:  # noqa: BLE001
-                record.error = _reason(exc)
+            await _recorded(record, _question(dev, record, pcm, opts))
             progress.advance(detail=_describe(record))
             if dev.closed:
                 record.error = record.error or "connection closed"
@@ -271,13 +276,7 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
             record = TurnRecord(index, opts.prompts, "abort", ABORT_PROMPT.get(opts.language, ABORT_PROMPT["en"]),
                                 round(time.monotonic() - t0, 2))
             result.turns.append(record)
-            try:
-                await _abort(dev, record, opts)
-            except asyncio.CancelledError:
-                record.error, record.interrupted = "interrupted", True
-                raise
-            except Exception as exc:  # noqa: BLE001
-                record.error = _reason(exc)
+            await _recorded(record, _abort(dev, record, opts))
             progress.advance(detail=_describe(record))
     finally:
         result.violations += [f"device {index}: {v}" for v in dev.violations]
