@@ -149,10 +149,12 @@ class BenchOpenAIServer(FakeOpenAIServer):
         return rec
 
     async def _write(self, resp: Any, request: Any, rec: Any, data: bytes) -> bool:
+        # Stamp before the write: the await can resume well after the bytes reached the server
+        # when this process is busy (it also plays the devices), which would date the write late.
+        now = time.monotonic()
         ok = await super()._write(resp, request, rec, data)
         timing = self._by_request.get(id(rec))
         if ok and timing is not None:
-            now = time.monotonic()
             timing.writes.append(now)
             # Chunk 1 is the role-only event sent at once; chunk 2 is the first one after the TTFT.
             if rec.chunks_sent == 2 and timing.first_token is None:
@@ -166,7 +168,8 @@ class BenchOpenAIServer(FakeOpenAIServer):
         resp = await super()._stream_chat(request, rec, reply, model)
         timing = self._by_request.get(id(rec))
         if timing is not None and rec.completed:
-            timing.stream_end = time.monotonic()
+            # The [DONE] event is the last write; its stamp was taken before it went out.
+            timing.stream_end = timing.writes[-1] if timing.writes else time.monotonic()
         return resp
 
     def tool_rounds(self) -> list[dict[str, Any]]:
