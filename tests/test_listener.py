@@ -51,7 +51,7 @@ async def test_early_transcript_is_handed_over_when_silence_holds() -> None:
     assert len(out) == 1 and out[0].asr_task is not None
     assert await out[0].asr_task == "early"
     assert calls == [len(out[0].audio)]  # exactly the audio of the utterance
-    assert listener.early_used == 1
+    assert listener.early_used == 1 and listener.early_started == 1
 
 
 async def test_early_transcript_is_dropped_when_speech_goes_on() -> None:
@@ -70,6 +70,8 @@ async def test_early_transcript_is_dropped_when_speech_goes_on() -> None:
     assert len(out) == 1
     assert early.cancelled() or early.done()
     assert out[0].asr_task is not early
+    # Two started (one thrown away when the user went on), one used.
+    assert (listener.early_started, listener.early_used) == (2, 1)
 
 
 async def test_manual_mode_keeps_everything_until_stop() -> None:

@@ -335,6 +335,11 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
             rows.append(_stats_row("tool calls per tool turn", spans["tool_calls"], "calls"))
             rows.append(_stats_row("tools run (tool_ms)", spans["tool_ms"]))
         console.print(table(STATS_HEADERS, rows))
+    counters = e2e.server_counters
+    if counters.get("early_asr_started"):
+        started, used = counters["early_asr_started"], counters.get("early_asr_used", 0)
+        console.print(f"Early ASR: {started} started during endpoint waits, {used} handed to a turn, "
+                      f"{started - used} thrown away (the speaker went on)")
     r = e2e.resources
     if r.get("cpu_percent_mean") is not None:
         console.print(f"Server process: CPU mean {r['cpu_percent_mean']}% (peak {r['cpu_percent_peak']}%, 100% = one "

@@ -583,8 +583,11 @@ class Session:
             self._wake_audio.popleft()
 
     def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float) -> None:
+        early_before = self.listener.early_started
         for utterance in self.listener.feed(pcm, probs, arrival):
             self._start_voice_turn(utterance)
+        if self.listener.early_started > early_before:
+            self.services.metrics.count("early_asr_started", self.listener.early_started - early_before)
         if self.listener.in_speech:
             self.last_activity = arrival
             if self.mode == "realtime":
