@@ -305,7 +305,7 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
     if not target.http_url:
         result.notes.append("no --http-url: server stage breakdown (/metrics) not recorded")
     await sampler.start()
-    poller.start()
+    await poller.start()
     progress = console.progress(opts.devices * (opts.prompts + (1 if opts.abort_trial else 0)), label)
     t0 = time.monotonic()
     # The simulated devices run on this machine too (Opus encode/decode, pacing): their CPU is

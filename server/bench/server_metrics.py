@@ -2,7 +2,8 @@
 
 The server keeps its last 200 turns in a ring, so a long run polls every few seconds and merges
 by (session, turn) instead of reading once at the end. Only turns of our simulated devices are
-kept: a shared server may be serving someone else too.
+kept: a shared server may be serving someone else too. Its counters are server-wide, so they are
+reported as their change over the run (a baseline is read when polling starts).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class MetricsPoller:
     device_ids: set[str]
     interval_s: float = 3.0
     turns: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # change since start()
     error: str | None = None
+    _baseline: dict[str, int] | None = None
     _task: asyncio.Task[None] | None = None
 
     async def poll(self) -> None:
@@ -49,7 +51,10 @@ class MetricsPoller:
         except Exception as exc:  # noqa: BLE001 - metrics are a bonus; the run goes on without them
             self.error = f"/metrics: {exc!r}"
             return
-        self.counters = dict(data.get("counters") or {})
+        now = {str(k): int(v) for k, v in (data.get("counters") or {}).items()}
+        if self._baseline is None:
+            self._baseline = now
+        self.counters = {k: v - self._baseline.get(k, 0) for k, v in now.items()}
         for turn in data.get("turns") or []:
             if turn.get("device_id") in self.device_ids:
                 self.turns[(str(turn.get("session_id")), int(turn.get("turn_id", 0)))] = turn
@@ -59,8 +64,9 @@ class MetricsPoller:
             await asyncio.sleep(self.interval_s)
             await self.poll()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.http_url:
+            await self.poll()  # the counters' baseline
             self._task = asyncio.create_task(self._run(), name="bench-metrics")
 
     async def stop(self) -> None:

@@ -48,7 +48,6 @@ class UtteranceListener:
         self.tag = tag
         self.mode = "auto"
         self.early_used = 0  # early transcripts that were handed to a turn (for metrics)
-        self.early_started = 0  # early transcriptions begun; started - used = ASR work thrown away
         self._audio = bytearray()  # audio since the last reset, trimmed while nobody speaks
         self._audio_start = 0  # sample position of _audio[0]
         self._audio_pos = 0  # samples received since the last reset
@@ -184,7 +183,6 @@ class UtteranceListener:
         self._drop_early()
         audio = self._utterance_audio(key[0], *self._bounds(*key))
         self._early = (key, asyncio.ensure_future(self._transcribe(audio)))
-        self.early_started += 1
 
     def _drop_early(self) -> None:
         if self._early is not None:

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable
 from typing import Any
 
 from server.audio.opus import OpusDecoder
@@ -104,7 +104,7 @@ class Session:
                             min_silence_ms=vad_cfg.min_silence_ms, min_speech_ms=vad_cfg.min_speech_ms,
                             window_samples=services.vad.window_samples),
             pre_roll_ms=vad_cfg.pre_roll_ms, early_asr_ms=vad_cfg.early_asr_ms,
-            max_utterance_s=cfg.session.max_utterance_s, transcribe=services.asr.transcribe, tag=self.tag)
+            max_utterance_s=cfg.session.max_utterance_s, transcribe=self._early_transcribe, tag=self.tag)
         self._vad_stream = services.vad.new_stream()
         self._decoder = OpusDecoder(PCM_RATE)
         self._wake_audio: deque[bytes] = deque()
@@ -583,15 +583,18 @@ class Session:
             self._wake_audio.popleft()
 
     def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float) -> None:
-        early_before = self.listener.early_started
         for utterance in self.listener.feed(pcm, probs, arrival):
             self._start_voice_turn(utterance)
-        if self.listener.early_started > early_before:
-            self.services.metrics.count("early_asr_started", self.listener.early_started - early_before)
         if self.listener.in_speech:
             self.last_activity = arrival
             if self.mode == "realtime":
                 self._maybe_barge_in()
+
+    def _early_transcribe(self, audio: bytes) -> Awaitable[Any]:
+        """The ASR the listener starts during the endpoint wait, counted as it starts: against
+        `early_asr_used`, /metrics shows the work thrown away when the speaker went on."""
+        self.services.metrics.count("early_asr_started")
+        return self.services.asr.transcribe(audio)
 
     def _start_voice_turn(self, utterance: Utterance | None) -> None:
         if utterance is None:
