@@ -29,7 +29,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,35 +267,45 @@ class FakeOpenAIServer(FakeHTTPServer):
         return ChatReply(text=default_answer(last_user), ttft_s=self.default_ttft_s,
                          chunk_delay_s=self.default_chunk_delay_s)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _json_endpoint(self, request: web.Request,
+                             handle: Callable[[web.Request, RecordedRequest, Any], Awaitable[web.StreamResponse]],
+                             ) -> web.StreamResponse:
+        """What every JSON endpoint does first and last: parse the body (400 if it is not JSON),
+        record the request, check the key, and mark the record done however the handler ends."""
         try:
             body = await request.json()
         except ValueError:
-            self._record(request, None)
+            self._record(request, None).done.set()
             return error_response(400, "We could not parse the JSON body of your request.")
         rec = self._record(request, body)
         try:
             denied = self._unauthorized(request)
             if denied is not None:
                 return denied
-            reply = self._next_chat(body)
-            rec.reply = reply
-            if reply.status != 200:
-                headers = {"Retry-After": f"{reply.retry_after:g}"} if reply.retry_after is not None else None
-                return error_response(reply.status, reply.error_message or _REASONS.get(reply.status, "error"),
-                                      reply.error_type or None, reply.error_code, headers)
-            if reply.mode == "hang":
-                await self._wait_until_gone(request, rec)
-                return web.Response(status=504)
-            model = body.get("model") or self.model
-            if not body.get("stream"):
-                if reply.ttft_s and not await self._sleep_watching(request, rec, reply.ttft_s):
-                    return web.Response(status=499)
-                rec.completed = True
-                return web.json_response(completion_json(reply, model))
-            return await self._stream_chat(request, rec, reply, model)
+            return await handle(request, rec, body)
         finally:
             rec.done.set()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._json_endpoint(request, self._answer_chat)
+
+    async def _answer_chat(self, request: web.Request, rec: RecordedRequest, body: Any) -> web.StreamResponse:
+        reply = self._next_chat(body)
+        rec.reply = reply
+        if reply.status != 200:
+            headers = {"Retry-After": f"{reply.retry_after:g}"} if reply.retry_after is not None else None
+            return error_response(reply.status, reply.error_message or _REASONS.get(reply.status, "error"),
+                                  reply.error_type or None, reply.error_code, headers)
+        if reply.mode == "hang":
+            await self._wait_until_gone(request, rec)
+            return web.Response(status=504)
+        model = body.get("model") or self.model
+        if not body.get("stream"):
+            if reply.ttft_s and not await self._sleep_watching(request, rec, reply.ttft_s):
+                return web.Response(status=499)
+            rec.completed = True
+            return web.json_response(completion_json(reply, model))
+        return await self._stream_chat(request, rec, reply, model)
 
     async def _stream_chat(self, request: web.Request, rec: RecordedRequest, reply: ChatReply,
                            model: str) -> web.StreamResponse:
@@ -369,58 +379,49 @@ class FakeOpenAIServer(FakeHTTPServer):
             rec.done.set()
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            self._record(request, None)
-            return error_response(400, "We could not parse the JSON body of your request.")
-        rec = self._record(request, body)
-        try:
-            denied = self._unauthorized(request)
-            if denied is not None:
-                return denied
-            reply = self.speech_script.pop(0) if self.speech_script else SpeechReply()
-            rec.reply = reply
-            if reply.hang:
-                await self._wait_until_gone(request, rec)
-                return web.Response(status=504)
-            if reply.status != 200:
-                return error_response(reply.status, reply.error_message or _REASONS.get(reply.status, "error"))
-            text = str(body.get("input") or "")
-            if not text.strip():
-                return error_response(400, "Input must not be empty.", param="input")
-            fmt = body.get("response_format") or "mp3"
-            if fmt not in ("pcm", "wav", "mp3"):
-                return error_response(400, f"The fake server does not produce {fmt!r} audio.", param="response_format")
-            pcm = await speak(text, str(body.get("voice") or ""))
-            if fmt == "pcm":
-                payload, content_type = pcm, "audio/pcm"
-            elif fmt == "wav":
-                payload, content_type = wav_header(len(pcm), SPEECH_RATE, reply.wav_size) + pcm, "audio/wav"
-            else:
-                payload, content_type = await pcm_to_mp3(pcm, SPEECH_RATE), "audio/mpeg"
-            if reply.content_type is not None:
-                content_type = reply.content_type
-                if content_type.startswith(("application/json", "text/")):
-                    payload = json.dumps({"detail": "quota exceeded"}).encode()
-            resp = web.StreamResponse(headers={"Content-Type": content_type})
-            await resp.prepare(request)
-            size = max(1, reply.chunk_bytes)
-            for n, start in enumerate(range(0, len(payload), size)):
-                if reply.drop_after is not None and n >= reply.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return resp
-                if n and reply.chunk_delay_s and not await self._sleep_watching(request, rec, reply.chunk_delay_s):
-                    return resp
-                if not await self._write(resp, request, rec, payload[start:start + size]):
-                    return resp
-            rec.completed = True
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await resp.write_eof()
-            return resp
-        finally:
-            rec.done.set()
+        return await self._json_endpoint(request, self._answer_speech)
+
+    async def _answer_speech(self, request: web.Request, rec: RecordedRequest, body: Any) -> web.StreamResponse:
+        reply = self.speech_script.pop(0) if self.speech_script else SpeechReply()
+        rec.reply = reply
+        if reply.hang:
+            await self._wait_until_gone(request, rec)
+            return web.Response(status=504)
+        if reply.status != 200:
+            return error_response(reply.status, reply.error_message or _REASONS.get(reply.status, "error"))
+        text = str(body.get("input") or "")
+        if not text.strip():
+            return error_response(400, "Input must not be empty.", param="input")
+        fmt = body.get("response_format") or "mp3"
+        if fmt not in ("pcm", "wav", "mp3"):
+            return error_response(400, f"The fake server does not produce {fmt!r} audio.", param="response_format")
+        pcm = await speak(text, str(body.get("voice") or ""))
+        if fmt == "pcm":
+            payload, content_type = pcm, "audio/pcm"
+        elif fmt == "wav":
+            payload, content_type = wav_header(len(pcm), SPEECH_RATE, reply.wav_size) + pcm, "audio/wav"
+        else:
+            payload, content_type = await pcm_to_mp3(pcm, SPEECH_RATE), "audio/mpeg"
+        if reply.content_type is not None:
+            content_type = reply.content_type
+            if content_type.startswith(("application/json", "text/")):
+                payload = json.dumps({"detail": "quota exceeded"}).encode()
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        size = max(1, reply.chunk_bytes)
+        for n, start in enumerate(range(0, len(payload), size)):
+            if reply.drop_after is not None and n >= reply.drop_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if n and reply.chunk_delay_s and not await self._sleep_watching(request, rec, reply.chunk_delay_s):
+                return resp
+            if not await self._write(resp, request, rec, payload[start:start + size]):
+                return resp
+        rec.completed = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await resp.write_eof()
+        return resp
 
     async def _models(self, request: web.Request) -> web.Response:
         rec = self._record(request)
