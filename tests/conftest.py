@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.devsim import SimDevice, synthesize_speech
-from server.devsim.server_process import ServerProcess, start_server
+from harness.devsim import SimDevice, synthesize_speech
+from harness.devsim.server_process import ServerProcess, start_server
 
 # Deterministic-ish answers from the tiny model, so failures are reproducible.
 TEST_OVERRIDES: dict[str, Any] = {"llm": {"temperature": 0.0}}

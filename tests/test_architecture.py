@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def our_imports(path: Path) -> set[str]:
-    """Modules of this project (server.*, plugins.*) imported by a file, at any depth."""
+    """Modules of this project (server, plugins, bench, harness, tests) imported by a file, at any depth."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -21,7 +21,7 @@ def our_imports(path: Path) -> set[str]:
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-    return {m for m in found if m.split(".")[0] in ("server", "plugins")}
+    return {m for m in found if m.split(".")[0] in ("server", "plugins", "bench", "harness", "tests")}
 
 
 def files(folder: str) -> list[Path]:
@@ -55,3 +55,9 @@ def test_plugins_see_only_the_plugin_api(path: Path) -> None:
 def test_plugin_api_does_not_reach_into_sessions() -> None:
     imports = our_imports(ROOT / "server" / "plugin_api.py")
     assert not {m for m in imports if m.startswith(("server.session", "server.transport"))}
+
+
+@pytest.mark.parametrize("path", files("server"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_server_never_imports_test_tools(path: Path) -> None:
+    """The shipped wheel holds only server/: the benchmark, the harness and the tests stay out."""
+    assert not {m for m in our_imports(path) if m.split(".")[0] in ("bench", "harness", "tests")}

@@ -22,8 +22,8 @@ import pytest
 
 from server.plugin_api import ToolAction, ToolContext, ToolResult
 from server.tools.plugins import PluginConfigError, PluginTools
-from tests.fakes.hass_server import FakeHomeAssistant
-from tests.fakes.weather_server import FakeWeatherServer
+from harness.fakes.hass_server import FakeHomeAssistant
+from harness.fakes.weather_server import FakeWeatherServer
 
 
 class MemoryKV:

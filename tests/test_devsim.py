@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from server.audio.opus import OpusDecoder, OpusEncoder
 from server.audio.pcm import resample
-from server.devsim import (
+from harness.devsim import (
     DeviceConnectError,
     DeviceMcpServer,
     EspeakNotFound,
@@ -37,7 +37,7 @@ from server.devsim import (
     silence,
     synthesize_speech,
 )
-from server.devsim import speech as speech_mod
+from harness.devsim import speech as speech_mod
 from server.protocol import pack, unpack
 
 SENTENCE_EN = "The quick brown fox jumps over the lazy dog near the river bank."

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from server.devsim import DeviceConnectError, SimDevice
-from server.devsim.server_process import ServerProcess, start_server
+from harness.devsim import DeviceConnectError, SimDevice
+from harness.devsim.server_process import ServerProcess, start_server
 from server.transport.auth import TokenAuth
 from tests.conftest import http_json
 
@@ -79,7 +79,7 @@ async def test_token_of_another_device_is_401(auth_server: ServerProcess) -> Non
 
 
 async def test_allow_listed_device_needs_no_token(auth_server: ServerProcess) -> None:
-    from server.devsim.identity import DeviceIdentity
+    from harness.devsim.identity import DeviceIdentity
 
     async with SimDevice(identity=DeviceIdentity(mac=ALLOWED)) as dev:
         assert await try_connect(auth_server, "", dev) == 101

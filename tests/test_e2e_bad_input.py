@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from websockets.asyncio.client import connect
 
-from server.devsim import SimDevice
-from server.devsim.server_process import ServerProcess
+from harness.devsim import SimDevice
+from harness.devsim.server_process import ServerProcess
 from tests.conftest import http_get, http_json, speech
 
 pytestmark = pytest.mark.e2e

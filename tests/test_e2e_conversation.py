@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from server.devsim import SimDevice
-from server.devsim.server_process import ServerProcess
+from harness.devsim import SimDevice
+from harness.devsim.server_process import ServerProcess
 from tests.conftest import matches_subtitles, similarity, speech, transcribe, words
 
 pytestmark = pytest.mark.e2e

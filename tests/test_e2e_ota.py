@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from server.devsim import SimDevice
-from server.devsim.server_process import ServerProcess, start_server
+from harness.devsim import SimDevice
+from harness.devsim.server_process import ServerProcess, start_server
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.devsim import SimDevice
-from server.devsim.server_process import ServerProcess, start_server
+from harness.devsim import SimDevice
+from harness.devsim.server_process import ServerProcess, start_server
 from server.pipeline.phrases import phrase
 from tests.conftest import transcribe
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from server.devsim import SimDevice
-from server.devsim.identity import DeviceIdentity
-from server.devsim.server_process import ServerProcess, start_server
+from harness.devsim import SimDevice
+from harness.devsim.identity import DeviceIdentity
+from harness.devsim.server_process import ServerProcess, start_server
 from tests.conftest import similarity, speech, transcribe, words
-from tests.fakes.hass_server import FakeHomeAssistant
-from tests.fakes.openai_server import ChatReply, FakeOpenAIServer, SpeechReply, ToolCallSpec
+from harness.fakes.hass_server import FakeHomeAssistant
+from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, SpeechReply, ToolCallSpec
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ async def tool_server(fakes, music_dir: Path) -> AsyncIterator[ServerProcess]:
         "plugins": {"home_assistant": {"enabled": True, "base_url": hass.url, "token": "ha-token",
                                        "entities": [KITCHEN], "timeout_s": 2},
                     "music": {"enabled": True, "music_dir": str(music_dir)}},
-        "mcp_servers": {"demo": {"command": sys.executable, "args": ["-m", "tests.fakes.mcp_server"],
+        "mcp_servers": {"demo": {"command": sys.executable, "args": ["-m", "harness.fakes.mcp_server"],
                                  "timeout_s": 3}},
     }
     async with start_server(overrides) as proc:

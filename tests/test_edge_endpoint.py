@@ -1,5 +1,5 @@
 """EdgeTTS's `endpoint` setting: the provider itself points edge-tts at another service (a mirror,
-a gateway, the fake Edge server of tests/fakes), without the tests patching edge-tts.
+a gateway, the fake Edge server of harness/fakes), without the tests patching edge-tts.
 
 edge-tts keeps one URL per process (`edge_tts.communicate.WSS_URL`), so every test here saves
 it with monkeypatch first and gets it back afterwards, and a guard refuses DNS lookups so
@@ -18,8 +18,8 @@ from pydantic import ValidationError
 import server.providers.tts.edge as edge_module
 from server.providers.base import ProviderContext
 from server.providers.tts.edge import EdgeSettings, EdgeTTS, endpoint_url
-from tests.fakes.edge_server import PATH, TRUSTED_CLIENT_TOKEN, FakeEdgeServer
-from tests.fakes.net_guard import block_internet
+from harness.fakes.edge_server import PATH, TRUSTED_CLIENT_TOKEN, FakeEdgeServer
+from harness.fakes.net_guard import block_internet
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,7 +1,7 @@
 """EdgeTTS end to end against a local Edge endpoint that speaks the real wire format.
 
 edge-tts (7.x) builds its URL from the module global `edge_tts.communicate.WSS_URL` on every
-connection, so the tests point that one constant at tests/fakes/edge_server.py on 127.0.0.1; the
+connection, so the tests point that one constant at harness/fakes/edge_server.py on 127.0.0.1; the
 library's own WebSocket client, DRM token, SSML, framing and error paths all run unchanged. (Its
 public `connector`/`proxy` parameters cannot redirect it: TLS is verified against certifi for
 speech.platform.bing.com.) A guard makes any DNS lookup fail, so a test can never reach the
@@ -23,8 +23,8 @@ from server.audio.mp3 import decode_mp3
 from server.providers.base import AudioChunk, ProviderContext, ProviderError, ProviderUnavailable
 from server.providers.tts.edge import EdgeSettings, EdgeTTS
 from tests.conftest import similarity, transcribe
-from tests.fakes.edge_server import FakeEdgeServer
-from tests.fakes.net_guard import block_internet
+from harness.fakes.edge_server import FakeEdgeServer
+from harness.fakes.net_guard import block_internet
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""External MCP servers through the real SDK: tests/fakes/mcp_server.py over stdio and over
+"""External MCP servers through the real SDK: harness/fakes/mcp_server.py over stdio and over
 streamable HTTP on 127.0.0.1, shared by all sessions, restarted when they die."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from server.providers.base import ToolCall
 from server.tools.base import ToolContext, ToolSource
 from server.tools.toolbox import Toolbox
 
-FAKE = str(Path(__file__).parent / "fakes" / "mcp_server.py")
+FAKE = str(Path(__file__).parent.parent / "harness" / "fakes" / "mcp_server.py")
 CTX = ToolContext(device_id="aa:bb:cc:dd:ee:ff", user_id="u", session_id="s", language="en")
 
 

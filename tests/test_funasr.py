@@ -215,7 +215,7 @@ def _have(module: str) -> bool:
 @pytest.mark.timeout(120)
 async def test_load_and_transcribe_through_real_funasr(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[Any]) -> None:
-    from server.devsim import synthesize_speech
+    from harness.devsim import synthesize_speech
 
     pcm = await synthesize_speech("Turn on the light please.")  # before the guard matters (cached file)
     folder = tmp_path / "SenseVoiceSmall"

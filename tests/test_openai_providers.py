@@ -1,5 +1,5 @@
 """The OpenAI-compatible LLM, ASR and TTS providers against a real local HTTP server
-(tests/fakes/openai_server.py on 127.0.0.1) speaking the OpenAI wire format."""
+(harness/fakes/openai_server.py on 127.0.0.1) speaking the OpenAI wire format."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from server.providers.llm.openai_text import (
 from server.providers.tts.openai_tts import Mp3Stream, OpenAITTS, WavStream
 
 try:
-    from tests.fakes.openai_server import (
+    from harness.fakes.openai_server import (
         ChatReply,
         FakeOpenAIServer,
         SpeechReply,
@@ -421,7 +421,7 @@ def test_text_tool_call_salvaged_when_json_is_broken() -> None:
 
 
 async def test_asr_uploads_a_valid_wav_and_returns_text(fake: FakeOpenAIServer, make: Factory) -> None:
-    from server.devsim import synthesize_speech
+    from harness.devsim import synthesize_speech
 
     asr = await make(OpenAIASR, model="FunAudioLLM/SenseVoiceSmall", language="zh", prompt="小智")
     pcm = await synthesize_speech("hello world")

@@ -23,15 +23,15 @@ import numpy as np
 import pytest
 
 from server.audio.pcm import write_wav
-from server.bench.cli import build_parser, parse_args
-from server.bench.compare import compare
-from server.bench.components import ComponentOptions, run_components
-from server.bench.console import Console
-from server.bench.png import Canvas, encode_png
-from server.bench.stats import percentile, summarize
-from server.bench.testset import error_rate, speech, user_samples
+from bench.cli import build_parser, parse_args
+from bench.compare import compare
+from bench.components import ComponentOptions, run_components
+from bench.console import Console
+from bench.png import Canvas, encode_png
+from bench.stats import percentile, summarize
+from bench.testset import error_rate, speech, user_samples
 from server.config.loader import load_config
-from server.devsim.server_process import ServerProcess
+from harness.devsim.server_process import ServerProcess
 from server.providers.base import AudioChunk, ProviderUnavailable
 
 pytestmark = pytest.mark.e2e

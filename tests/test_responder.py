@@ -17,7 +17,7 @@ from server.providers.registry import build_provider, settings_model
 from server.tools.base import ToolContext
 from server.tools.plugins import PluginTools
 from server.tools.toolbox import Toolbox
-from tests.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec
+from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec
 
 
 @pytest.fixture

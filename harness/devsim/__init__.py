@@ -1,8 +1,8 @@
 """Simulated xiaozhi-esp32 device and test-speech generator, shared by the test suite and the
 performance tester. Nothing here is imported by the server itself."""
 
-from server.devsim.codec import UplinkEncoder, opus_packet_duration_ms
-from server.devsim.device import (
+from harness.devsim.codec import UplinkEncoder, opus_packet_duration_ms
+from harness.devsim.device import (
     DeviceClosed,
     DeviceConfig,
     DeviceConnectError,
@@ -11,9 +11,9 @@ from server.devsim.device import (
     ListenMode,
     SimDevice,
 )
-from server.devsim.events import DeviceEvent, SentRecord, TurnResult
-from server.devsim.identity import DeviceIdentity, OtaError
-from server.devsim.mcp_device import (
+from harness.devsim.events import DeviceEvent, SentRecord, TurnResult
+from harness.devsim.identity import DeviceIdentity, OtaError
+from harness.devsim.mcp_device import (
     DeviceMcpServer,
     DeviceStatus,
     McpProperty,
@@ -22,8 +22,8 @@ from server.devsim.mcp_device import (
     default_tools,
     filler_tools,
 )
-from server.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
-from server.devsim.speech import (
+from harness.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
+from harness.devsim.speech import (
     EspeakNotFound,
     SpeechSynthesisError,
     pad,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.bench.components import ComponentOptions, ComponentReport, timed_item
-from server.bench.console import Console
-from server.bench.stats import summarize
-from server.bench.testset import Sample, builtin_samples, error_counts, sample_audio, user_samples
+from bench.components import ComponentOptions, ComponentReport, timed_item
+from bench.console import Console
+from bench.stats import summarize
+from bench.testset import Sample, builtin_samples, error_counts, sample_audio, user_samples
 from server.config.schema import AppConfig
-from server.devsim import pad
+from harness.devsim import pad
 
 RATE = 16000
 # What Session._utterance_bounds adds around detected speech: pre-roll (vad.pre_roll_ms

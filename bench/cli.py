@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from server.bench.components import KINDS, ComponentOptions
-from server.bench.console import Console
+from bench.components import KINDS, ComponentOptions
+from bench.console import Console
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT_DIR = ROOT / "data" / "bench"
 
 EPILOG = """\
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = p.add_argument_group("fake providers (not with --url: the tester starts the server)")
     f.add_argument("--fake-llm", action="store_true",
-                   help="point the server's llm (type openai) at the fake OpenAI server from tests/fakes, run in "
+                   help="point the server's llm (type openai) at the fake OpenAI server from harness/fakes, run in "
                         "this process")
     f.add_argument("--fake-ttft-ms", type=float, default=300.0, metavar="MS",
                    help="the fake LLM's time to first token (default 300)")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fake LLM's streaming speed after the first token (default 50)")
     f.add_argument("--fake-edge", action="store_true",
                    help="point the server's tts (type edge, via its endpoint setting) at the fake Edge service "
-                        "from tests/fakes: real MP3 of espeak-ng speech over the Edge wire format")
+                        "from harness/fakes: real MP3 of espeak-ng speech over the Edge wire format")
     f.add_argument("--fake-tools", action="store_true",
                    help="implies --fake-llm; every question first gets a call of the device tool "
                         "self_audio_speaker_set_volume, then the answer: measures the tool-call round")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_main(old_path: str, new_path: str) -> int:
-    from server.bench.compare import CompareError, compare, load_report, render
+    from bench.compare import CompareError, compare, load_report, render
 
     try:
         old, new = load_report(old_path), load_report(new_path)
@@ -236,7 +236,7 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     if not uses_fakes(args):
         return await run_measured(args, command, config, overrides, override, None)
     try:
-        from server.bench.fakes import BenchFakes, FakeOptions
+        from bench.fakes import BenchFakes, FakeOptions
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -273,13 +273,13 @@ def effective_config(overrides: dict[str, Any]) -> Any:
 
 async def run_measured(args: argparse.Namespace, command: list[str], config: Any, overrides: dict[str, Any],
                        override: Path | None, fakes: Any) -> int:
-    from server.bench.machine import load_average, machine_info
-    from server.bench.report import BenchRun, print_report, redact
+    from bench.machine import load_average, machine_info
+    from bench.report import BenchRun, print_report, redact
 
     console = Console(quiet=args.quiet)
     if args.url:
         # Before anything else: an unreachable target is one line and exit 2, not a report.
-        from server.bench.e2e import Target, probe
+        from bench.e2e import Target, probe
 
         problem = await probe(Target(args.url, args.http_url))
         if problem:
@@ -330,8 +330,8 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
 
 
 def save(args: argparse.Namespace, run: Any, console: Console) -> None:
-    from server.bench.chart import render_chart
-    from server.bench.report import write_json
+    from bench.chart import render_chart
+    from bench.report import write_json
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else DEFAULT_OUT_DIR / f"{stamp}.json"
@@ -356,10 +356,10 @@ def save(args: argparse.Namespace, run: Any, console: Console) -> None:
 
 async def run_modes(args: argparse.Namespace, run: Any, console: Console, config: Any,
                     overrides: dict[str, Any]) -> None:
-    from server.bench.components import run_components
-    from server.bench.e2e import E2EOptions, E2EResult, run_e2e
-    from server.bench.idle import IdleOptions, IdleResult, run_idle
-    from server.bench.load import RampOptions, RampResult, run_ramp
+    from bench.components import run_components
+    from bench.e2e import E2EOptions, E2EResult, run_e2e
+    from bench.idle import IdleOptions, IdleResult, run_idle
+    from bench.load import RampOptions, RampResult, run_ramp
 
     if args.components:
         quick = args.quick
@@ -400,9 +400,9 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
 
 @contextlib.asynccontextmanager
 async def target(args: argparse.Namespace, overrides: dict[str, Any], console: Console) -> AsyncIterator[Any]:
-    from server.bench.e2e import Target
-    from server.bench.resources import find_listening_pid
-    from server.devsim.server_process import start_server
+    from bench.e2e import Target
+    from bench.resources import find_listening_pid
+    from harness.devsim.server_process import start_server
 
     if args.url:
         pid = args.server_pid or await asyncio.to_thread(find_listening_pid, args.url)

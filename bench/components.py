@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.bench.console import Console
+from bench.console import Console
 from server.config.schema import AppConfig
 from server.providers.base import ProviderContext, ProviderSettings
 from server.providers.registry import build_provider
@@ -58,10 +58,10 @@ Measure = Callable[[Any, AppConfig, ComponentOptions, Console, ComponentReport],
 
 def _measurers() -> dict[str, Measure]:
     # Imported here so that `--compare` never imports numpy-heavy measurement code.
-    from server.bench.asr import measure_asr
-    from server.bench.llm import measure_llm
-    from server.bench.tts import measure_tts
-    from server.bench.vad import measure_vad
+    from bench.asr import measure_asr
+    from bench.llm import measure_llm
+    from bench.tts import measure_tts
+    from bench.vad import measure_vad
 
     return {"vad": measure_vad, "asr": measure_asr, "llm": measure_llm, "tts": measure_tts}
 

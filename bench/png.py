@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-from server.bench.font import HEIGHT, WIDTH, glyph
+from bench.font import HEIGHT, WIDTH, glyph
 
 Color = tuple[int, int, int]
 

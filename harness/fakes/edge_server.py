@@ -71,7 +71,7 @@ async def speech_mp3(text: str, voice: str = "en-us") -> bytes:
     """espeak-ng speaking `text`, as the MP3 Edge would send (cached per text and voice)."""
     key = (text, voice)
     if key not in _mp3_cache:
-        from server.devsim import synthesize_speech
+        from harness.devsim import synthesize_speech
 
         pcm = await synthesize_speech(text, voice=voice)
         _mp3_cache[key] = await pcm_to_mp3(pcm, 16000)

@@ -13,11 +13,11 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from server.devsim.events import DeviceEvent, TurnResult
-from server.devsim.speech import silence
+from harness.devsim.events import DeviceEvent, TurnResult
+from harness.devsim.speech import silence
 
 if TYPE_CHECKING:
-    from server.devsim.device import ListenMode, SimDevice
+    from harness.devsim.device import ListenMode, SimDevice
 
 
 def _ends_turn(event: DeviceEvent) -> bool:
@@ -26,7 +26,7 @@ def _ends_turn(event: DeviceEvent) -> bool:
 
 async def _wait_turn_end(dev: SimDevice, result: TurnResult, start: int, deadline: float) -> int:
     """Wait for tts stop; return the index just past the last event belonging to the turn."""
-    from server.devsim.device import DeviceClosed
+    from harness.devsim.device import DeviceClosed
 
     try:
         event = await dev.wait_for(_ends_turn, max(0.0, deadline - time.monotonic()), start)

@@ -22,10 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from server.bench.console import Console
-from server.bench.e2e import Target, _reason
-from server.bench.resources import MB, ResourceSampler, Sample
-from server.devsim import DeviceIdentity, SimDevice, silence
+from bench.console import Console
+from bench.e2e import Target, _reason
+from bench.resources import MB, ResourceSampler, Sample
+from harness.devsim import DeviceIdentity, SimDevice, silence
 
 SILENCE_CHUNK_MS = 3000  # encoded per to_thread call; streamed paced, frame by frame
 AUDIO_MODES = ("silence", "none")

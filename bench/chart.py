@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from server.bench.png import Canvas, Color
-from server.bench.server_metrics import SERIAL_STAGES
+from bench.png import Canvas, Color
+from bench.server_metrics import SERIAL_STAGES
 
 WIDTH = 1000
 MARGIN = 24

@@ -15,7 +15,7 @@ pops the next one, and when a queue is empty the `default_*` behaviour answers. 
 appended to `server.requests` (path, headers, JSON body or form fields, uploaded audio, and
 whether the client went away before the answer was complete) for assertions.
 
-Standalone, for benchmarks:  python -m tests.fakes.openai_server --port 8100 --ttft-ms 300 --tokens-per-s 50
+Standalone, for benchmarks:  python -m harness.fakes.openai_server --port 8100 --ttft-ms 300 --tokens-per-s 50
 """
 
 from __future__ import annotations
@@ -545,7 +545,7 @@ async def speak(text: str, voice: str = "") -> bytes:
     key = (text, espeak_voice(text, voice))
     if key not in _speech_cache:
         from server.audio.pcm import resample
-        from server.devsim import synthesize_speech
+        from harness.devsim import synthesize_speech
 
         pcm16k = await synthesize_speech(text, voice=key[1])
         _speech_cache[key] = await asyncio.to_thread(resample, pcm16k, 16000, SPEECH_RATE)
@@ -584,7 +584,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_server",
+    parser = argparse.ArgumentParser(prog="python -m harness.fakes.openai_server",
                                      description="Local OpenAI-compatible server for benchmarks.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)

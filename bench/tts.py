@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from server.bench.components import ComponentOptions, ComponentReport, timed_item
-from server.bench.console import Console
-from server.bench.stats import summarize
-from server.bench.testset import TTS_SENTENCES
+from bench.components import ComponentOptions, ComponentReport, timed_item
+from bench.console import Console
+from bench.stats import summarize
+from bench.testset import TTS_SENTENCES
 from server.config.schema import AppConfig
 
 

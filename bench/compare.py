@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.bench.report import table
+from bench.report import table
 
 HIGHER_IS_BETTER = ("success_rate", "tokens_per_s", "capacity_devices")
 SAME_WITHIN = 0.05  # +-5 %: run-to-run noise on a shared machine is at least this much

@@ -152,7 +152,7 @@ async def sample_audio(sample: Sample) -> bytes:
     """PCM16 mono 16 kHz for a sample (espeak-ng through the shared devsim generator, or the
     user's WAV resampled). Raises on unreadable files; the caller records it per sample."""
     from server.audio.pcm import read_wav, resample
-    from server.devsim import synthesize_speech
+    from harness.devsim import synthesize_speech
 
     if sample.source == "espeak":
         return trim_silence(await synthesize_speech(sample.text, voice=ESPEAK_VOICES[sample.language]))
@@ -166,7 +166,7 @@ async def sample_audio(sample: Sample) -> bytes:
 
 async def speech(text: str, language: str) -> bytes:
     """Trimmed espeak-ng speech for a question (see trim_silence)."""
-    from server.devsim import synthesize_speech
+    from harness.devsim import synthesize_speech
 
     return trim_silence(await synthesize_speech(text, voice=ESPEAK_VOICES.get(language, "en-us")))
 

@@ -4,7 +4,7 @@ Modules, each small and usable on its own:
   cli.py             the command line: options, modes, Ctrl-C, saving
   components.py      runs each configured provider in this process (loaded like the server does)
   vad.py asr.py llm.py tts.py   what is measured for each kind of provider
-  e2e.py             simulated devices (server.devsim) against the real server, per-turn timings
+  e2e.py             simulated devices (harness.devsim) against the real server, per-turn timings
   server_metrics.py  the server's own stage timings from GET /metrics
   resources.py       the server process's CPU and RSS, sampled while devices talk
   load.py            the ramp: add devices until p95 first-reply latency passes a threshold

@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.bench.console import Console
-from server.bench.e2e import E2EOptions, E2EResult, Target, run_e2e
+from bench.console import Console
+from bench.e2e import E2EOptions, E2EResult, Target, run_e2e
 
 SETTLE_S = 1.0  # let the previous step's sessions close before the next one starts
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.bench.components import ComponentReport
-from server.bench.console import Console
-from server.bench.e2e import E2EResult
-from server.bench.idle import IdleResult
-from server.bench.load import RampResult
-from server.bench.server_metrics import SPAN_LABELS, SPANS, STAGES, span_summary, stage_summary
+from bench.components import ComponentReport
+from bench.console import Console
+from bench.e2e import E2EResult
+from bench.idle import IdleResult
+from bench.load import RampResult
+from bench.server_metrics import SPAN_LABELS, SPANS, STAGES, span_summary, stage_summary
 
 SCHEMA = "xiaozhi-bench/1"
 # Names that end like a credential (api_key, token, secret, an Authorization header); anchored

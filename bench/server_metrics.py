@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from server.bench.stats import summarize
+from bench.stats import summarize
 
 STAGES = ("endpoint_wait", "asr", "llm_first_clause", "tts_first_chunk", "to_first_frame",
           "speech_end_to_first_frame", "total_to_stop")

@@ -1,4 +1,4 @@
-"""End to end: N firmware-faithful simulated devices (server.devsim) speak generated questions to
+"""End to end: N firmware-faithful simulated devices (harness.devsim) speak generated questions to
 the real server as paced 60 ms Opus, in auto mode, and record what a user would experience.
 
 All latencies are measured on the device side from the end of speech (the last speech frame the
@@ -19,12 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from server.bench.console import Console, Progress
-from server.bench.resources import ResourceSampler
-from server.bench.server_metrics import MetricsPoller, get_json, span_summary, stage_summary, turn_spans
-from server.bench.stats import percentile, summarize
-from server.bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
-from server.devsim import DeviceIdentity, SimDevice
+from bench.console import Console, Progress
+from bench.resources import ResourceSampler
+from bench.server_metrics import MetricsPoller, get_json, span_summary, stage_summary, turn_spans
+from bench.stats import percentile, summarize
+from bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
+from harness.devsim import DeviceIdentity, SimDevice
 
 ABORT_AFTER_FIRST_FRAME_S = 0.3  # let the reply get going before interrupting it
 LATE_FRAME_WAIT_S = 0.5  # anything of the aborted reply still in flight arrives by then

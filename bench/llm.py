@@ -4,7 +4,7 @@ Requests are built the way a session builds them (Session.build_messages + Respo
 configured persona through `system_prompt`, the context from `build_context` (time, and what the
 device can do), `Dialogue().messages` with the history token budget, and the tool list offered
 in function_call mode to providers that support tools. The tools are those a firmware device
-announces over MCP (server.devsim's default tools); process-wide plugin tools are not included.
+announces over MCP (harness.devsim's default tools); process-wide plugin tools are not included.
 The first clause is found by the server's own SentenceSplitter, because that, not the first
 token, is when TTS can start.
 """
@@ -16,10 +16,10 @@ import json
 import time
 from typing import Any
 
-from server.bench.components import ComponentOptions, ComponentReport, timed_item
-from server.bench.console import Console
-from server.bench.stats import summarize
-from server.bench.testset import LLM_PROMPTS
+from bench.components import ComponentOptions, ComponentReport, timed_item
+from bench.console import Console
+from bench.stats import summarize
+from bench.testset import LLM_PROMPTS
 from server.config.schema import AppConfig
 from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.splitter import SentenceSplitter
@@ -29,7 +29,7 @@ from server.tools.base import ToolSpec
 
 def device_tools() -> list[ToolSpec]:
     """The MCP tools a current firmware announces, as the session's toolbox would list them."""
-    from server.devsim import DeviceStatus, default_tools
+    from harness.devsim import DeviceStatus, default_tools
 
     specs = []
     for tool in default_tools(DeviceStatus()):

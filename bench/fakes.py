@@ -1,7 +1,7 @@
 """The test suite's fake OpenAI and Edge servers, run inside the tester for `--fake-llm`,
 `--fake-edge` and `--fake-tools`, with the timestamps the tool-round figures need.
 
-The fakes live in tests/fakes (they speak the real wire formats and are what the provider tests
+The fakes live in harness/fakes (they speak the real wire formats and are what the provider tests
 use); this module imports them, so these options need a source checkout with tests/. They run on
 the tester's event loop, on 127.0.0.1 ports chosen by the OS, and the server the tester starts is
 pointed at them through its config: `llm: {type: openai, base_url: ...}` and
@@ -36,14 +36,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.bench.stats import summarize
+from bench.stats import summarize
 from server.pipeline.splitter import SentenceSplitter
 
 try:
-    from tests.fakes.edge_server import FakeEdgeServer
-    from tests.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec, default_answer
+    from harness.fakes.edge_server import FakeEdgeServer
+    from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec, default_answer
 except ImportError as exc:  # e.g. an install without the test suite
-    raise ImportError(f"--fake-* need the test fakes from tests/fakes (a source checkout): {exc}") from exc
+    raise ImportError(f"--fake-* need the test fakes from harness/fakes (a source checkout): {exc}") from exc
 
 DEVICE_TOOL = "self_audio_speaker_set_volume"  # the firmware's self.audio_speaker.set_volume, sanitized
 CALL_ID_PREFIX = "call_bench_"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from server.audio.opus import OpusDecoder
 
 if TYPE_CHECKING:
-    from server.devsim.device import SimDevice
+    from harness.devsim.device import SimDevice
 
 DeviceState = Literal["idle", "listening", "speaking"]
 ListenMode = Literal["auto", "manual", "realtime"]

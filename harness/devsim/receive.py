@@ -17,12 +17,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from server.audio.opus import OpusDecoder
-from server.devsim.codec import opus_packet_duration_ms
-from server.devsim.events import DeviceEvent
+from harness.devsim.codec import opus_packet_duration_ms
+from harness.devsim.events import DeviceEvent
 from server.protocol import FramingError, ProtocolError, decode_message, unpack
 
 if TYPE_CHECKING:
-    from server.devsim.device import SimDevice
+    from harness.devsim.device import SimDevice
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from server.audio.opus import OpusDecoder
-from server.devsim import turns
-from server.devsim.codec import UplinkEncoder
-from server.devsim.events import DeviceEvent, SentRecord, TurnResult
-from server.devsim.identity import (
+from harness.devsim import turns
+from harness.devsim.codec import UplinkEncoder
+from harness.devsim.events import DeviceEvent, SentRecord, TurnResult
+from harness.devsim.identity import (
     DeviceIdentity,
     firmware_ota_body,
     firmware_ota_headers,
@@ -38,10 +38,10 @@ from server.devsim.identity import (
     py_xiaozhi_ota_body,
     py_xiaozhi_ota_headers,
 )
-from server.devsim.mcp_device import DeviceMcpServer, McpRequest, McpTool
-from server.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
-from server.devsim.receive import ReceiveMixin
-from server.devsim.state import DeviceState, ListenMode, StateMachineMixin
+from harness.devsim.mcp_device import DeviceMcpServer, McpRequest, McpTool
+from harness.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
+from harness.devsim.receive import ReceiveMixin
+from harness.devsim.state import DeviceState, ListenMode, StateMachineMixin
 from server.protocol import pack
 
 HELLO_TIMEOUT_S = 10.0  # WebsocketProtocol::OpenAudioChannel waits 10 s for the server hello

@@ -1,7 +1,7 @@
 """A real MCP server built with the `mcp` SDK, for the external-MCP tests.
 
-    python tests/fakes/mcp_server.py                         # stdio
-    python tests/fakes/mcp_server.py --http [--token T]      # streamable HTTP on 127.0.0.1
+    python harness/fakes/mcp_server.py                         # stdio
+    python harness/fakes/mcp_server.py --http [--token T]      # streamable HTTP on 127.0.0.1
 
 In HTTP mode it binds a free port itself and prints `PORT <n>` on stdout once listening; with
 `--token` every request must carry `X-Test-Token: <T>` (to check that configured headers are

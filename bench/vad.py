@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from server.bench.components import ComponentOptions, ComponentReport, timed_item
-from server.bench.console import Console
-from server.bench.stats import summarize
-from server.bench.testset import Sample, builtin_samples, sample_audio
+from bench.components import ComponentOptions, ComponentReport, timed_item
+from bench.console import Console
+from bench.stats import summarize
+from bench.testset import Sample, builtin_samples, sample_audio
 from server.config.schema import AppConfig
 from server.pipeline.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 
@@ -92,7 +92,7 @@ def judge(events: list[dict[str, Any]], true_start: int, true_end: int) -> dict[
 
 async def _utterance(provider: Any, sample: Sample, item: dict[str, Any], seg_cfg: SegmenterConfig, seed: int,
                      decode_all: list[float], vad_all: list[float]) -> None:
-    from server.devsim import UplinkEncoder
+    from harness.devsim import UplinkEncoder
 
     speech = np.frombuffer(await sample_audio(sample), dtype=np.int16)
     before_ms = item["pad_before_ms"]
