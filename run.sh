@@ -7,6 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 cmd=${1:-server}
 [ $# -gt 0 ] && shift
+# The server's --config decides whether the Mandarin extras are needed; the test suite always
+# needs them (it covers the offline Mandarin profile).
+prev=""
+for arg in "$@"; do
+  case "$arg" in --config=*) export XZ_CONFIG=${arg#--config=} ;; esac
+  [ "$prev" = --config ] && export XZ_CONFIG=$arg
+  prev=$arg
+done
+[ "$cmd" = test ] && export XZ_ZH=1
 bash scripts/install.sh
 PY=${XZ_VENV:-$PWD/.venv}/bin/python
 case "$cmd" in

