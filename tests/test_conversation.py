@@ -43,6 +43,12 @@ class ScriptedLLM:
     def __init__(self) -> None:
         self.rounds: deque[list[Any]] = deque()
         self.requests: list[LLMRequest] = []
+        self.requested = asyncio.Event()
+
+    async def wait_requests(self, n: int) -> None:
+        while len(self.requests) < n:
+            self.requested.clear()
+            await asyncio.wait_for(self.requested.wait(), 5)
 
     def set_language(self, language: str) -> None:
         pass
@@ -55,6 +61,7 @@ class ScriptedLLM:
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
         self.requests.append(request)
+        self.requested.set()
         for step in self.rounds.popleft() if self.rounds else [LLMDelta(text="Okay.")]:
             if step is HANG:
                 await asyncio.Event().wait()
@@ -370,18 +377,19 @@ async def test_replacements_record_in_the_order_they_were_said(runtime: Services
     llm(runtime).rounds.extend([[HANG], [HANG], [LLMDelta(text="Fourth answer.")]])
     conv.ask("one")  # replaced before its task ran: never reaches the LLM
     conv.ask("two")
-    while len(llm(runtime).requests) < 1:
-        await asyncio.sleep(0.001)
+    await llm(runtime).wait_requests(1)
     conv.ask("three")
-    while len(llm(runtime).requests) < 2:
-        await asyncio.sleep(0.001)
+    await llm(runtime).wait_requests(2)
     fourth = await done(conv.ask("four"))
-    assert history(conv) == [("one", "", True), ("two", "", True), ("three", "", True), ("four", "Fourth answer.", False)]
-    assert [m.content for m in llm(runtime).requests[-1].messages if m.role == "user"] == ["one", "two", "three", "four"]
+    assert history(conv) == [("one", "", True), ("two", "", True), ("three", "", True),
+                             ("four", "Fourth answer.", False)]
+    asked = [m.content for m in llm(runtime).requests[-1].messages if m.role == "user"]
+    assert asked == ["one", "two", "three", "four"]
     stopped = [t for n, t, _ in host.events if n == "reply_interrupted"]
     assert stopped == [2, 3]
     for old in stopped:
-        assert host.events.index(("reply_interrupted", old, "replaced")) < host.events.index(("reply_started", old + 1, None))
+        stop = host.events.index(("reply_interrupted", old, "replaced"))
+        assert stop < host.events.index(("reply_started", old + 1, None))
     assert fourth.outcome == "done"
     await conv.close()
 
