@@ -230,6 +230,26 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
     services.iot_tools_factory = iot_tools if dcfg.iot else None
 
 
+def warm_up_tools(services: Services) -> list[dict[str, Any]]:
+    """The process-wide tools (plugins, MCP servers), in the order every session's toolbox lists
+    them before the device's own: a local model with tools in its prompt (llama.cpp chat
+    templates put them right after the persona) then has that prefix evaluated and cached
+    before the first user, whose first turn would otherwise evaluate ~700 more tokens."""
+    if not services.llm.supports_tools or services.config.intent.mode != "function_call":
+        return []
+    from server.tools.base import ToolContext
+    from server.tools.toolbox import Toolbox
+
+    language = services.config.assistant.language
+    toolbox = Toolbox(lambda: ToolContext("", "", "", language))  # listing only: no tool runs here
+    for source in services.tool_sources:
+        toolbox.add(source)
+    try:
+        return toolbox.openai_tools()
+    except Exception:  # noqa: BLE001 - warm-up is best effort
+        return []
+
+
 async def warm_up(services: Services) -> None:
     """One tiny request through each local model: first calls are slow (allocations, kernel
     selection, prompt-prefix evaluation); better at startup than on the first user's turn."""
@@ -241,7 +261,7 @@ async def warm_up(services: Services) -> None:
         if services.llm.local:
             request = LLMRequest(messages=Dialogue().messages(system_prompt(cfg.prompt, cfg.name, cfg.language),
                                                               "Hi", context=time_context(cfg.language)),
-                                 max_tokens=1)
+                                 tools=warm_up_tools(services), max_tokens=1)
             async for _ in services.llm.stream(request):
                 pass
         if services.tts.local:
