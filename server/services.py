@@ -201,7 +201,7 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
             services.tool_sources.append(PluginTools.from_config(config.plugins))
         await _start_device_tools(services, auth)
         if config.mcp_servers:
-            from server.mcp_ext import ExternalMcpManager
+            from server.tools.remote_mcp import ExternalMcpManager
 
             mcp = ExternalMcpManager(config.mcp_servers)
             services._closers.append(mcp.close)

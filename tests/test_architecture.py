@@ -61,3 +61,9 @@ def test_plugin_api_does_not_reach_into_sessions() -> None:
 def test_server_never_imports_test_tools(path: Path) -> None:
     """The shipped wheel holds only server/: the benchmark, the harness and the tests stay out."""
     assert not {m for m in our_imports(path) if m.split(".")[0] in ("bench", "harness", "tests")}
+
+
+@pytest.mark.parametrize("path", files("server/config"), ids=lambda p: p.name)
+def test_config_never_imports_transport_or_session(path: Path) -> None:
+    """Validating a config must not pull in the servers that use it."""
+    assert not {m for m in our_imports(path) if m.startswith(("server.transport", "server.session"))}
