@@ -92,8 +92,9 @@ def bar_panel(title: str, rows: list[Row], unit: str = "ms") -> Panel | None:
         ax.set_xlim(0, end)
         ax.set_xlabel(unit)
         ax.grid(axis="x", color="#e1e1e1")
+        ax.set_axisbelow(True)
         ax.set_title(title, loc="left")
-        ax.legend(loc="lower right", fontsize=8, ncols=3)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=3, frameon=False)
 
     return 0.6 + 0.35 * len(rows), draw
 
@@ -115,7 +116,7 @@ def stages_panel(stages: dict[str, Any], where: str = "") -> Panel | None:
         ax.set_title(f"Server stages, median ms: end of speech -> first reply frame{where}", loc="left")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncols=3, fontsize=8, frameon=False)
 
-    return 1.6, draw
+    return 1.3, draw
 
 
 def ramp_panel(ramp: dict[str, Any]) -> Panel | None:
@@ -144,6 +145,7 @@ def ramp_panel(ramp: dict[str, Any]) -> Panel | None:
         ax.set_xlabel("devices")
         ax.set_ylabel("ms")
         ax.grid(axis="y", color="#e1e1e1")
+        ax.set_axisbelow(True)
         ax.set_title(f"First reply latency vs devices (capacity {shown})", loc="left")
         ax.legend(fontsize=8)
 
