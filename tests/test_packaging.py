@@ -6,6 +6,7 @@ setuptools), then read as the zip it is, so the test sees exactly what `pip inst
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,16 +15,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Everything at the top of the checkout that could end up in a wheel if the package discovery
+# were wrong: the test proves it does not.
+TREE = ("server", "bench", "harness", "plugins", "tests", "scripts", "docs")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    # A copy of the tree would be slower than the build; setuptools writes its build/ and
-    # *.egg-info scratch into a temporary directory of its own with these options.
+    # Built from a copy of the checkout (as git sees it, caches left out): setuptools writes its
+    # build/ scratch beside the sources, which must not land in the working tree.
+    src = tmp_path_factory.mktemp("src")
+    ignore = shutil.ignore_patterns(".*", "__pycache__", "*.pyc", "*.egg-info", "build", "data", "models")
+    for entry in ROOT.iterdir():
+        if entry.name in TREE or entry.name in ("pyproject.toml", "README.md", "performance_tester.py"):
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, src / entry.name, **({"ignore": ignore} if entry.is_dir() else {}))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "-q", "-w", str(out), str(ROOT)],
+         "--disable-pip-version-check", "-q", "-w", str(out), str(src)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (found,) = out.glob("xiaozhi_voice_server-*.whl")
