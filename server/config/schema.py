@@ -19,7 +19,9 @@ from server.tools.remote_mcp.config import McpServerConfig
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: a validated config is read, never patched (a copy with changes is a new model,
+    # validated again, see loader.with_ports).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AuthConfig(Strict):
@@ -158,15 +160,18 @@ class AppConfig(Strict):
     models_dir: str = "models"
     # Provider sections: in config.yaml a mapping with `type` plus that provider's own keys (or a
     # list of them, a fallback chain). The loader validates each against the chosen provider's
-    # Settings model and builds AppConfig from those models (see loader.validate).
-    vad: ProviderSettings
-    asr: ProviderSettings | list[ProviderSettings]
-    llm: ProviderSettings | list[ProviderSettings]
-    tts: ProviderSettings | list[ProviderSettings]
+    # Settings model and builds AppConfig from those models (see loader.validate). None only in
+    # a config built in code without providers (tests that bring their own).
+    vad: ProviderSettings | None = None
+    asr: ProviderSettings | list[ProviderSettings] | None = None
+    llm: ProviderSettings | list[ProviderSettings] | None = None
+    tts: ProviderSettings | list[ProviderSettings] | None = None
 
     def provider(self, kind: str) -> ProviderSettings | list[ProviderSettings]:
         """The validated settings of a provider section, or a list of them (fallback chain)."""
-        value: ProviderSettings | list[ProviderSettings] = getattr(self, kind)
+        value: ProviderSettings | list[ProviderSettings] | None = getattr(self, kind)
+        if value is None:
+            raise ValueError(f"{kind}: no provider configured")
         return value
 
 
