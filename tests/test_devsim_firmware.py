@@ -9,20 +9,10 @@ import json
 
 import pytest
 
+from harness.clock import VirtualClock
 from harness.devsim import DeviceConfig, DeviceMcpServer, UplinkEncoder, silence
 from harness.devsim.firmware import Firmware
 from server.protocol import pack
-
-
-class VirtualTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds  # time passes only when the code under test waits
 
 
 class Sent(list[str]):
@@ -31,8 +21,8 @@ class Sent(list[str]):
         return 0.0
 
 
-def make(**config: object) -> tuple[Firmware, VirtualTime, Sent]:
-    clock, sent = VirtualTime(), Sent()
+def make(**config: object) -> tuple[Firmware, VirtualClock, Sent]:
+    clock, sent = VirtualClock(), Sent()
     cfg = DeviceConfig(**config)  # type: ignore[arg-type]
     firmware = Firmware(cfg, DeviceMcpServer.with_defaults(), sent, clock=clock, sleep=clock.sleep)
     firmware.channel_opening(protocol_version=1)
