@@ -7,6 +7,11 @@ device sent; the question audio is trimmed so that is where the voice really sto
   first_frame_ms  -> the first reply audio frame the device would play (what a user hears)
   tts_stop_ms     -> `tts stop` (the reply has played; the device returns to listening)
 and, in an abort trial per device, abort_to_stop_ms: `abort` sent -> `tts stop` received.
+Frame pacing, per reply, from the arrival times of the frames the device accepted: the jitter
+of each frame is its gap to the previous one minus the previous one's duration (0 = exactly
+paced, negative = early, e.g. the pre-buffer burst; positive = late), and the stalls are the
+times the device's playback queue ran dry before the reply ended (the firmware's speaker goes
+silent mid-reply), replayed with harness.devsim's queue model.
 The server's own stage breakdown comes from /metrics, and its CPU and RSS from psutil.
 """
 
@@ -25,6 +30,7 @@ from bench.server_metrics import MetricsPoller, get_json, span_summary, stage_su
 from bench.stats import percentile, summarize
 from bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
 from harness.devsim import DeviceIdentity, SimDevice
+from harness.devsim.playback import PlaybackQueueModel
 
 ABORT_AFTER_FIRST_FRAME_S = 0.3  # let the reply get going before interrupting it
 LATE_FRAME_WAIT_S = 0.5  # anything of the aborted reply still in flight arrives by then
@@ -71,6 +77,10 @@ class TurnRecord:
     frames: int = 0
     reply_audio_ms: float | None = None
     sentences: list[str] = field(default_factory=list)
+    # Downlink pacing as the device saw it (see the module docstring).
+    jitter_ms: list[float] = field(default_factory=list)
+    stalls: int | None = None
+    stall_ms: float | None = None
 
 
 @dataclass
@@ -108,8 +118,13 @@ class E2EResult:
         valid_aborts = [t for t in aborts if t.ok and not t.reply_ended_before_abort]
         p95 = self.first_frame_p95()
         p95_shown = None if p95 is None else round(p95, 1) if math.isfinite(p95) else "inf"
+        jitter = [j for t in ok for j in t.jitter_ms]
         return {
             "devices": self.options.devices,
+            "frame_jitter_ms": summarize(jitter),
+            "stalls": sum(t.stalls or 0 for t in ok),
+            "stall_ms": round(sum(t.stall_ms or 0 for t in ok), 1),
+            "turns_with_stall": sum(1 for t in ok if t.stalls),
             "turns": len(q),
             "turns_ok": len(ok),
             "turns_failed": len(q) - len(ok),
@@ -217,12 +232,24 @@ async def _question(dev: SimDevice, record: TurnRecord, pcm: bytes, opts: E2EOpt
     record.frames = result.frames_played
     record.reply_audio_ms = round(result.reply_duration_ms, 1) if result.reply_pcm else None
     record.sentences = list(result.sentences)
+    record.jitter_ms, record.stalls, record.stall_ms = pacing(result.events)
     if result.stt_text is not None:
         record.stt_edits, record.stt_ref_len = error_counts(record.text, result.stt_text, opts.language)
     record.error = result.error
     if record.error is None and result.t_first_audio is None:
         record.error = "no reply audio" if result.t_stt is not None else "nothing recognised (no stt)"
     record.ok = record.error is None and result.completed
+
+
+def pacing(events: list[Any]) -> tuple[list[float], int, float]:
+    """(jitter of each accepted reply frame after the first, stalls, stalled ms) of one reply."""
+    frames = [(e.t, e.duration_ms) for e in events if e.kind == "binary" and e.accepted and e.duration_ms]
+    jitter = [round((t - prev_t) * 1000 - prev_ms, 2)
+              for (prev_t, prev_ms), (t, _) in zip(frames, frames[1:], strict=False)]
+    queue = PlaybackQueueModel()
+    for t, ms in frames:
+        queue.push(t, ms / 1000)
+    return jitter, queue.underruns, round(queue.underrun_s * 1000, 1)
 
 
 async def _abort(dev: SimDevice, record: TurnRecord, opts: E2EOptions) -> None:

@@ -92,3 +92,34 @@ class OpusEncoder:
     def reset(self) -> None:
         self._pending.clear()
         self._encoder.reset_state()  # type: ignore[attr-defined]
+
+
+# Frame duration in 1/10 ms for each of the 32 TOC configurations (RFC 6716 section 3.1):
+# 0-11 SILK (10/20/40/60 ms), 12-15 hybrid (10/20), 16-31 CELT (2.5/5/10/20).
+_TOC_FRAME_TENTHS = (100, 200, 400, 600) * 3 + (100, 200) * 2 + (25, 50, 100, 200) * 4
+# opus_encode() documents packets of 2 bytes or less as DTX: nothing to transmit (the firmware
+# sends them anyway). They carry no audio; a decoder would only conceal or make comfort noise.
+DTX_MAX_BYTES = 2
+
+
+def packet_samples(packet: bytes, sample_rate: int = 16000) -> int | None:
+    """Samples one Opus packet decodes to, from its TOC byte (None if malformed)."""
+    if not packet:
+        return None
+    toc = packet[0]
+    code = toc & 0x03
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    elif len(packet) < 2 or not packet[1] & 0x3F:
+        return None
+    else:
+        count = packet[1] & 0x3F
+    tenths = _TOC_FRAME_TENTHS[toc >> 3] * count
+    return tenths * sample_rate // 10000 if tenths <= MAX_PACKET_MS * 10 else None
+
+
+def dtx_samples(packet: bytes, sample_rate: int = 16000) -> int | None:
+    """For a DTX packet (no audio in it): the samples of silence it stands for; else None."""
+    return packet_samples(packet, sample_rate) if len(packet) <= DTX_MAX_BYTES else None

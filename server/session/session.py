@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable
 from typing import Any
 
-from server.audio.opus import OpusDecoder
 from server.memory.manager import SessionMemory
 from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.phrases import phrase
@@ -40,7 +39,7 @@ from server.protocol import (
 from server.providers.base import ChatMessage
 from server.services import Services
 from server.session.endpoint import DeviceInfo, Endpoint
-from server.session.listener import Utterance, UtteranceListener
+from server.session.listener import UplinkAudio, Utterance, UtteranceListener, end_windows
 from server.session.metrics import TurnMetrics
 from server.session.output import PacedOutput
 from server.session.turn import Turn, TurnKind
@@ -104,9 +103,9 @@ class Session:
                             min_silence_ms=vad_cfg.min_silence_ms, min_speech_ms=vad_cfg.min_speech_ms,
                             window_samples=services.vad.window_samples),
             pre_roll_ms=vad_cfg.pre_roll_ms, early_asr_ms=vad_cfg.early_asr_ms,
-            max_utterance_s=cfg.session.max_utterance_s, transcribe=self._early_transcribe, tag=self.tag)
-        self._vad_stream = services.vad.new_stream()
-        self._decoder = OpusDecoder(PCM_RATE)
+            max_utterance_s=cfg.session.max_utterance_s, transcribe=self._early_transcribe, tag=self.tag,
+            windows=end_windows(vad_cfg))
+        self.uplink = UplinkAudio(services.vad, services.metrics.count)  # decode + VAD, batched across sessions
         self._wake_audio: deque[bytes] = deque()
 
         # Audio and the listen state changes that must apply in order with it (start, stop,
@@ -531,14 +530,9 @@ class Session:
 
     def _reset_audio(self, mode: str | None = None) -> None:
         self.listener.reset(mode)
-        self._vad_stream.reset()
-
-    def _decode_and_detect(self, packet: bytes) -> tuple[bytes, list[float]]:
-        pcm = self._decoder.decode(packet)
-        return pcm, self.services.vad.process_sync(self._vad_stream, pcm)
+        self.uplink.reset()
 
     async def _audio_worker(self) -> None:
-        vad = self.services.vad
         while True:
             if not self._uplink:
                 self._uplink_ready.clear()
@@ -553,13 +547,22 @@ class Session:
             if not self.listening:
                 self._keep_wake_audio(packet)
                 continue
-            try:
-                pcm, probs = await vad.run_blocking(self._decode_and_detect, packet)
-            except ValueError as exc:
-                self._warn.warn(self.tag, "opus", f"dropped uplink frame: {exc}")
-                self.services.metrics.count("bad_opus_frames")
+            silent = self.uplink.silent(packet)
+            if silent is not None:
+                self._on_pcm(*silent, arrival)  # DTX: silence, without decoding or the model
                 continue
-            self._on_pcm(pcm, probs, arrival)
+            # This frame and the ones queued right behind it go to the VAD thread as one job.
+            frames = [value]
+            while self._uplink and self._uplink[0][0] == "audio" and self.uplink.needs_decoding(self._uplink[0][1][0]):
+                frames.append(self._uplink.popleft()[1])
+                self._uplink_audio -= 1
+            results = await self.uplink.process([packet for packet, _ in frames])
+            for (pcm, probs, error), (_, arrival) in zip(results, frames, strict=True):
+                if pcm is None:
+                    self._warn.warn(self.tag, "opus", f"dropped uplink frame: {error}")
+                    self.services.metrics.count("bad_opus_frames")
+                    continue
+                self._on_pcm(pcm, probs, arrival)
 
     def _apply_listen_change(self, kind: str, value: Any) -> None:
         """Listen state changes, applied in order with the audio that came before them."""
@@ -570,7 +573,7 @@ class Session:
         elif kind == "stop":
             self.listening = False
             self._start_voice_turn(self.listener.finish())
-            self._vad_stream.reset()
+            self.uplink.reset()
         elif kind == "wake":
             self._on_wake_word(value)
         elif kind == "reset":
