@@ -42,6 +42,7 @@ CLIP_MS = 6000  # the looped clip each device streams (encoded once, shared by a
 FRAME_MS = 60
 PACING_SLOTS = 6  # devices are spread over this many send slots per frame period
 AUDIO_MODES = ("silence", "room", "none")
+CONNECT_BATCH = 20  # devices connecting at the same time
 ROOM_DBFS = -50.0
 
 
@@ -96,6 +97,15 @@ class IdleStep:
     # The server's counters (/metrics) over the settle window: uplink frames answered as DTX
     # without decoding, frames decoded, VAD windows run by the model or skipped as quiet, batches.
     server_counters: dict[str, int] = field(default_factory=dict)
+    # Frames the devices sent in the window, against what real-time devices would have sent: on
+    # a busy machine the tester can fall behind, and the server sees fewer frames.
+    frames_sent: int = 0
+    frames_expected: int = 0
+    # Server CPU per uplink frame it took in (sent minus dropped), and the share of one core a
+    # device streaming at the real-time rate costs at that price: comparable between runs even
+    # when the machine is shared and the tester could not keep the full rate.
+    cpu_ms_per_frame: float | None = None
+    cpu_percent_per_device_realtime: float | None = None
 
 
 @dataclass
@@ -206,6 +216,13 @@ async def _connect(index: int, target: Target) -> SimDevice:
     return dev
 
 
+def _per_frame(step: IdleStep, cpu_s: float) -> None:
+    taken = step.frames_sent - step.server_counters.get("uplink_frames_dropped", 0)
+    if step.devices and taken > 0:
+        step.cpu_ms_per_frame = round(cpu_s * 1000 / taken, 4)
+        step.cpu_percent_per_device_realtime = round(step.cpu_ms_per_frame * (1000 / FRAME_MS) / 10, 4)
+
+
 async def _counters(target: Target) -> dict[str, int]:
     if not target.http_url:
         return {}
@@ -267,29 +284,39 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
             step = IdleStep(count)
             started = time.monotonic()
             while len(devices) + len(result.connect_errors) < count:
-                index = len(devices) + len(result.connect_errors)
-                try:
-                    dev = await _connect(index, target)
-                except Exception as exc:  # noqa: BLE001 - a device that cannot connect is a finding
-                    result.connect_errors.append(f"device {index}: {_reason(exc)}")
-                    continue
-                devices.append(dev)
-                if fleet.pacer is not None:
-                    fleet.pacer.add(dev)
+                # A few at a time: a fleet of boards powering up is not one at a time either,
+                # and a thousand serial handshakes would take minutes on a busy machine.
+                first_index = len(devices) + len(result.connect_errors)
+                batch = range(first_index, min(count, first_index + CONNECT_BATCH))
+                outcomes = await asyncio.gather(*(_connect(i, target) for i in batch), return_exceptions=True)
+                for index, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        if isinstance(outcome, asyncio.CancelledError):
+                            raise outcome
+                        result.connect_errors.append(f"device {index}: {_reason(outcome)}")
+                        continue
+                    devices.append(outcome)
+                    if fleet.pacer is not None:
+                        fleet.pacer.add(outcome)
             step.connect_s = round(time.monotonic() - started, 2) if count else None
             result.steps.append(step)
             console.log(f"idle: {len(devices)} device(s) connected and listening; settling {opts.settle_s:g} s")
             first = await sampler.sample_now()
             counters0 = await _counters(target)
+            sent0 = fleet.pacer.sent if fleet.pacer is not None else 0
             await asyncio.sleep(opts.settle_s)
             last = await sampler.sample_now()
             counters1 = await _counters(target)
             step.server_counters = {k: v - counters0.get(k, 0) for k, v in counters1.items()
                                     if v - counters0.get(k, 0)}
+            if fleet.pacer is not None and first is not None and last is not None:
+                step.frames_sent = fleet.pacer.sent - sent0
+                step.frames_expected = int(len(devices) * (last.t - first.t) * 1000 / FRAME_MS)
             if first is None or last is None:
                 result.notes.append(f"idle: {sampler.error or 'the server process could not be read'}")
                 return result
             _window(sampler.samples, first, last, step)
+            _per_frame(step, last.cpu_s - first.cpu_s)
             step.connected = sum(1 for d in devices if not d.closed)
             console.log(f"idle: {count} device(s): RSS {step.rss_mb} MB (peak {step.rss_peak_mb}), "
                         f"CPU {step.cpu_percent}%")

@@ -172,6 +172,12 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
             _put(out, f"idle.{step.devices}dev.cpu_percent", step.cpu_percent)
             if step.devices and step.cpu_percent is not None:
                 _put(out, f"idle.{step.devices}dev.cpu_percent_per_device", round(step.cpu_percent / step.devices, 3))
+            _put(out, f"idle.{step.devices}dev.cpu_ms_per_frame", step.cpu_ms_per_frame)
+            _put(out, f"idle.{step.devices}dev.cpu_percent_per_device_realtime",
+                 step.cpu_percent_per_device_realtime)
+            if step.frames_expected:
+                _put(out, f"idle.{step.devices}dev.frames_sent_share",
+                     round(step.frames_sent / step.frames_expected, 3))
         for key, value in run.idle.increments().items():
             _put(out, f"idle.{key}", value)
     fake_llm = ((run.fakes or {}).get("llm") or {})
@@ -417,6 +423,12 @@ def print_idle(idle: IdleResult, console: Console) -> None:
     if idle.client_cpu_percent is not None:
         console.print(f"  simulated devices (this process): CPU mean {idle.client_cpu_percent}%")
     for step in idle.steps:
+        if step.frames_expected:
+            console.print(f"  {step.devices} device(s): sent {step.frames_sent} of {step.frames_expected} real-time "
+                          f"frames ({step.frames_sent / step.frames_expected * 100:.0f}%), "
+                          f"{step.server_counters.get('uplink_frames_dropped', 0)} dropped by the server; "
+                          f"server CPU {_cell(step.cpu_ms_per_frame)} ms per frame taken in = "
+                          f"{_cell(step.cpu_percent_per_device_realtime)}% of a core per device at the real-time rate")
         c = step.server_counters
         frames = c.get("uplink_dtx_frames", 0) + c.get("uplink_decoded_frames", 0)
         if not frames:

@@ -114,6 +114,7 @@ class Session:
         self._uplink_audio = 0
         self._uplink_limit = cfg.session.uplink_queue_frames
         self._uplink_ready = asyncio.Event()
+        self._uplink_busy = False  # a batch of frames is at the VAD thread
         self.output = PacedOutput(self._send_audio_packet, cfg.audio_out.frame_duration_ms,
                                   cfg.audio_out.prebuffer_frames)
         self.current_turn: Turn | None = None
@@ -511,7 +512,15 @@ class Session:
         if frame.payload_type == framing.PAYLOAD_JSON:
             self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
             return
-        self._enqueue("audio", (frame.payload, time.monotonic()))
+        arrival = time.monotonic()
+        if not self._uplink and not self._uplink_busy and self.listening:
+            # Nothing queued or in flight: a DTX/comfort-noise frame is handled right here, no
+            # queue, no task switch (the common case for a device that listens to a quiet room).
+            silent = self.uplink.silent(frame.payload)
+            if silent is not None:
+                self._on_pcm(*silent, arrival)
+                return
+        self._enqueue("audio", (frame.payload, arrival))
 
     def _enqueue(self, kind: str, value: Any) -> None:
         if kind == "audio" and self._uplink_audio >= self._uplink_limit or len(self._uplink) >= 4 * self._uplink_limit:
@@ -556,7 +565,11 @@ class Session:
             while self._uplink and self._uplink[0][0] == "audio" and self.uplink.needs_decoding(self._uplink[0][1][0]):
                 frames.append(self._uplink.popleft()[1])
                 self._uplink_audio -= 1
-            results = await self.uplink.process([packet for packet, _ in frames])
+            self._uplink_busy = True
+            try:
+                results = await self.uplink.process([packet for packet, _ in frames])
+            finally:
+                self._uplink_busy = False
             for (pcm, probs, error), (_, arrival) in zip(results, frames, strict=True):
                 if pcm is None:
                     self._warn.warn(self.tag, "opus", f"dropped uplink frame: {error}")

@@ -29,6 +29,10 @@ from server.providers.base import PCM_RATE, Provider, ProviderSettings, Provider
 
 WINDOW = 512  # samples at 16 kHz (32 ms): the window the model is trained on
 CONTEXT = 64  # samples of the previous window the model expects in front of each window
+_ZEROS = np.zeros(WINDOW, dtype=np.float32)
+_ZEROS.flags.writeable = False
+_ZERO_CONTEXT = np.zeros((1, CONTEXT), dtype=np.float32)
+_ZERO_CONTEXT.flags.writeable = False
 FLOOR_START_DB = -60.0  # a new stream's noise floor estimate (dBFS)
 FLOOR_RISE = 0.05  # share of the gap the floor rises per non-speech window (~1 s to settle)
 FLOOR_SPEECH_PROB = 0.2  # a window the model scores above this is speech: the floor stays
@@ -100,8 +104,9 @@ class SileroStream:
         total = self._pending.size + samples
         windows = total // WINDOW
         if windows:
-            self._context = np.zeros((1, CONTEXT), dtype=np.float32)
-            self._pending = np.zeros(total - windows * WINDOW, dtype=np.float32)
+            # Shared read-only zeros: this runs for every DTX frame of every listening device.
+            self._context = _ZERO_CONTEXT
+            self._pending = _ZEROS[:total - windows * WINDOW]
         else:
             self._pending = np.concatenate([self._pending, np.zeros(samples, dtype=np.float32)])
         return windows
