@@ -177,10 +177,16 @@ class MicPacer:
         while True:
             due = t0 + tick * slot_s
             delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
+            if delay < -FRAME_MS / 1000:
+                # More than a frame behind (a saturated machine): skip the missed slots rather
+                # than send bursts, as a device's microphone would not send the past either.
                 self.late_ms_max = max(self.late_ms_max, -delay * 1000)
+                tick = int((time.monotonic() - t0) / slot_s)
+                continue
+            if delay < 0:
+                self.late_ms_max = max(self.late_ms_max, -delay * 1000)
+            # Always yield: a send that does not block would otherwise starve the event loop.
+            await asyncio.sleep(max(0.0, delay))
             packet = self.packets[(tick // PACING_SLOTS) % len(self.packets)]
             for dev in self.slots[tick % PACING_SLOTS]:
                 if dev.closed:
