@@ -146,6 +146,9 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
             _put_stats(out, f"e2e.{metric}", s.get(metric), three)
         _put(out, "e2e.stt_wer", s.get("stt_wer"))
         _put_stats(out, "e2e.frame_jitter_ms", s.get("frame_jitter_ms"), ("p50", "p95", "max"))
+        for key in ("speculation_started", "speculation_used", "speculation_discarded",
+                    "speculation_wasted_llm_chunks"):
+            _put(out, f"e2e.{key}", run.e2e.server_counters.get(key, 0))
         _put(out, "e2e.stalls", s.get("stalls"))
         _put(out, "e2e.turns_failed", s.get("turns_failed"))
         r = run.e2e.resources
@@ -374,6 +377,13 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
             rows.append(_stats_row("tools run (tool_ms)", spans["tool_ms"]))
         console.print(table(STATS_HEADERS, rows))
     counters = e2e.server_counters
+    if counters.get("speculation_started"):
+        voice = [t for t in e2e.server_turns if t.get("kind") == "voice" and not t.get("error")]
+        spec = sum(1 for t in voice if t.get("speculative"))
+        console.print(f"Speculation: {counters['speculation_started']} replies started inside the silence window, "
+                      f"{counters.get('speculation_used', 0)} used, {counters.get('speculation_discarded', 0)} "
+                      f"thrown away ({counters.get('speculation_wasted_llm_chunks', 0)} streamed LLM pieces wasted); "
+                      f"{spec} of {len(voice)} voice turns answered by one")
     if counters.get("early_asr_started"):
         started, used = counters["early_asr_started"], counters.get("early_asr_used", 0)
         console.print(f"Early ASR: {started} started during endpoint waits, {used} handed to a turn, "

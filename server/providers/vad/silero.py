@@ -60,6 +60,10 @@ class SileroSettings(ProviderSettings):
     adaptive_end: bool = True
     short_silence_ms: int = Field(default=300, ge=100, le=5000)
     long_silence_ms: int = Field(default=1000, ge=100, le=5000)
+    # Speculative reply (needs early_asr_ms > 0): start the LLM and the first sentence's TTS on
+    # the early transcript, silently, and let it speak the moment the endpoint confirms that
+    # utterance; thrown away if the user goes on (counted in /metrics as speculation_*).
+    speculate: bool = True
     # Windows (32 ms) quieter than this RMS level count as silence without running the model
     # (digital silence, DTX comfort noise). Speech at a device's microphone is typically -40 to
     # -20 dBFS. -140 runs the model on everything but exact digital silence.
