@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompts", type=int, default=3, metavar="K", help="spoken questions per device (default 3)")
     e.add_argument("--stagger-ms", type=int, default=200, metavar="MS",
                    help="delay between device starts, so they do not all finish speaking together (default 200)")
+    e.add_argument("--typed", type=int, default=0, metavar="K",
+                   help="typed questions per device after the spoken ones (listen detect text): their first "
+                        "reply frame, without the silence window and ASR, is reported next to the spoken one")
     e.add_argument("--no-abort", action="store_true", help="skip the abort trial each device runs after its questions")
     e.add_argument("--turn-timeout", type=float, default=60.0, metavar="S",
                    help="give up on a turn after this many seconds (default 60)")
@@ -393,7 +396,7 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
         await run_components(config, ROOT, args.only or KINDS, options, console, run.components)
     if not (args.e2e or args.ramp or args.idle):
         return
-    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms,
+    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms, typed=args.typed,
                           abort_trial=not args.no_abort, turn_timeout_s=args.turn_timeout,
                           language=config.assistant.language)
     try:

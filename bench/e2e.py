@@ -50,6 +50,9 @@ class E2EOptions:
     prompts: int = 3
     stagger_ms: int = 200  # device i starts i * stagger_ms after the first
     abort_trial: bool = True
+    # Typed questions per device (`listen detect` text, as py-xiaozhi sends), after the spoken
+    # ones: the first reply frame without the silence window and ASR, for comparison.
+    typed: int = 0
     turn_timeout_s: float = 60.0
     trailing_silence_ms: int = 1500  # room silence the mic keeps sending after the question
     language: str = "en"
@@ -59,7 +62,7 @@ class E2EOptions:
 class TurnRecord:
     device: int
     index: int
-    kind: str  # question | abort
+    kind: str  # question | typed | abort
     text: str
     started_s: float  # since the run started
     ok: bool = False
@@ -119,8 +122,10 @@ class E2EResult:
         p95 = self.first_frame_p95()
         p95_shown = None if p95 is None else round(p95, 1) if math.isfinite(p95) else "inf"
         jitter = [j for t in ok for j in t.jitter_ms]
+        typed = [t for t in self.turns if t.kind == "typed" and t.ok and not t.interrupted]
         return {
             "devices": self.options.devices,
+            "typed_first_frame_ms": summarize(t.first_frame_ms for t in typed),
             "frame_jitter_ms": summarize(jitter),
             "stalls": sum(t.stalls or 0 for t in ok),
             "stall_ms": round(sum(t.stall_ms or 0 for t in ok), 1),
@@ -252,6 +257,18 @@ def pacing(events: list[Any]) -> tuple[list[float], int, float]:
     return jitter, queue.underruns, round(queue.underrun_s * 1000, 1)
 
 
+async def _typed(dev: SimDevice, record: TurnRecord, opts: E2EOptions) -> None:
+    result = await dev.ask_text(record.text, timeout=opts.turn_timeout_s)
+    t_end = result.t_input_end
+    if result.t_first_audio is not None and t_end is not None:
+        record.first_frame_ms = round((result.t_first_audio - t_end) * 1000, 1)
+    if result.t_tts_stop is not None and t_end is not None:
+        record.tts_stop_ms = round((result.t_tts_stop - t_end) * 1000, 1)
+    record.frames = result.frames_played
+    record.error = result.error or (None if result.t_first_audio is not None else "no reply audio")
+    record.ok = record.error is None and result.completed
+
+
 async def _abort(dev: SimDevice, record: TurnRecord, opts: E2EOptions) -> None:
     """Ask for a long answer by text, interrupt it once audio flows, time abort -> tts stop."""
     await dev.wait_relisten()
@@ -279,7 +296,7 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
                   questions: list[tuple[str, bytes]], result: E2EResult, t0: float, progress: Progress) -> None:
     await asyncio.sleep(index * opts.stagger_ms / 1000)
     dev = SimDevice(identity=identity)
-    steps = opts.prompts + (1 if opts.abort_trial else 0)
+    steps = opts.prompts + opts.typed + (1 if opts.abort_trial else 0)
     try:
         try:
             if target.http_url:
@@ -299,6 +316,12 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
                 record.error = record.error or "connection closed"
                 progress.advance(steps - k - 1, f"device {index} disconnected")
                 return
+        for k in range(opts.typed):
+            text = questions[(index + k) % len(questions)][0]
+            record = TurnRecord(index, opts.prompts + k, "typed", text, round(time.monotonic() - t0, 2))
+            result.turns.append(record)
+            await _recorded(record, _typed(dev, record, opts))
+            progress.advance(detail=_describe(record))
         if opts.abort_trial:
             record = TurnRecord(index, opts.prompts, "abort", ABORT_PROMPT.get(opts.language, ABORT_PROMPT["en"]),
                                 round(time.monotonic() - t0, 2))
@@ -317,6 +340,8 @@ def _describe(r: TurnRecord) -> str:
         return f"{who} abort -> stop {r.abort_to_stop_ms} ms" if r.ok else f"{who} abort failed: {r.error}"
     if not r.ok:
         return f"{who} FAILED: {r.error}"
+    if r.kind == "typed":
+        return f"{who} typed: first frame {r.first_frame_ms:.0f} ms"
     return f"{who} stt {r.stt_ms:.0f} ms, first frame {r.first_frame_ms:.0f} ms, stop {r.tts_stop_ms:.0f} ms"
 
 
@@ -333,7 +358,7 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
         result.notes.append("no --http-url: server stage breakdown (/metrics) not recorded")
     await sampler.start()
     await poller.start()
-    progress = console.progress(opts.devices * (opts.prompts + (1 if opts.abort_trial else 0)), label)
+    progress = console.progress(opts.devices * (opts.prompts + opts.typed + (1 if opts.abort_trial else 0)), label)
     t0 = time.monotonic()
     # The simulated devices run on this machine too (Opus encode/decode, pacing): their CPU is
     # load the server would not see in the field, so it is recorded next to the server's.

@@ -142,7 +142,7 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
             _put(out, f"{k}.success_rate", s.get("success_rate"))
     if run.e2e is not None:
         s = run.e2e.summary()
-        for metric in ("stt_ms", "first_frame_ms", "tts_stop_ms", "abort_to_stop_ms"):
+        for metric in ("stt_ms", "first_frame_ms", "tts_stop_ms", "abort_to_stop_ms", "typed_first_frame_ms"):
             _put_stats(out, f"e2e.{metric}", s.get(metric), three)
         _put(out, "e2e.stt_wer", s.get("stt_wer"))
         _put_stats(out, "e2e.frame_jitter_ms", s.get("frame_jitter_ms"), ("p50", "p95", "max"))
@@ -351,6 +351,7 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
     console.print(table(STATS_HEADERS, [
         _stats_row("-> stt", s["stt_ms"]),
         _stats_row("-> first reply frame", s["first_frame_ms"]),
+        _stats_row("typed -> first reply frame", s["typed_first_frame_ms"]),
         _stats_row("-> tts stop", s["tts_stop_ms"]),
         _stats_row("abort -> tts stop", s["abort_to_stop_ms"]),
     ]))
