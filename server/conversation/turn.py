@@ -63,7 +63,7 @@ class Turn:
     # A transcription already started on this audio during the endpoint wait (early ASR).
     asr_task: asyncio.Task[Any] | None = None
     emotion_sent: bool = False
-    # Speculation (server/conversation/speculation.py): a turn started on the transcript of
+    # Speculation (server/session/speculation.py, Conversation.speculate): a turn started on the transcript of
     # the speech so far, before the end of the utterance is confirmed. Until `hold` is done it
     # thinks and synthesizes its first sentence, but nothing reaches the user, no tool runs and
     # nothing is remembered; a discarded one leaves no trace but counters.

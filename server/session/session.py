@@ -18,7 +18,6 @@ from typing import Any
 
 from server.audio.voice import Voice
 from server.conversation import Conversation, Turn, TurnKind, TurnMetrics, normalize
-from server.conversation.speculation import Speculator
 from server.pipeline.emotion import emoji_for
 from server.pipeline.phrases import phrase
 from server.protocol import (
@@ -46,6 +45,7 @@ from server.session.device import Connection, DeviceInfo
 from server.session.downlink import Downlink
 from server.session.listener import Utterance
 from server.session.ratelog import RateLimitedLog
+from server.session.speculation import Speculator
 from server.session.uplink import Uplink
 
 log = logging.getLogger("server.session")
