@@ -28,11 +28,11 @@ from typing import Any
 from server.audio.opus import OpusDecoder, dtx_samples
 from server.pipeline.segmenter import Segment, Segmenter, SegmenterConfig, SegmentEvent
 from server.pipeline.turn_end import TurnEnd, TurnEndWindows, classify
+from server.providers.base import PCM_RATE
 from server.providers.vad.batch import batcher_for
 
 log = logging.getLogger("server.session")
 
-PCM_RATE = 16000
 # Audio kept after the last voiced window: Whisper transcribes better with a short trailing pause.
 TAIL_SAMPLES = PCM_RATE // 10
 
