@@ -191,7 +191,8 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
         raise errors[0]
     services = Services(config=config, root_dir=root_dir, **providers)
     try:
-        store = SqliteMemoryStore(services.data_dir / config.memory.db)
+        store = SqliteMemoryStore(services.data_dir / config.memory.db,
+                                  max_exchanges_per_user=config.memory.max_exchanges_per_user)
         await store.open()
         services._closers.append(store.close)
         services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
@@ -232,7 +233,8 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
         if vision is not None:
             url, token = vision.device_capability(session.device.device_id, session.device.client_id,
                                                   host_header=session.device.host,
-                                                  http_port=config.server.http_port)
+                                                  http_port=config.server.http_port,
+                                                  generation=getattr(session.device, "auth_generation", None))
         return DeviceMcpClient.from_config(session.send_mcp, dcfg, vision_url=url, vision_token=token,
                                            tag=session.tag)
 

@@ -9,6 +9,7 @@ HTTP GET (no upgrade) gets a one-line status text.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 from typing import Any
@@ -18,11 +19,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from server.pairing import Pairing
 from server.protocol import framing
 from server.services import Services
 from server.session.endpoint import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
+from server.transport.limits import ConnectionSlots, client_address
 
 log = logging.getLogger("server.ws")
 
@@ -63,36 +66,99 @@ def authorization_from(request: Request) -> str:
 
 
 class DeviceServer:
-    def __init__(self, services: Services, auth: TokenAuth) -> None:
+    def __init__(self, services: Services, auth: TokenAuth, pairing: Pairing | None = None) -> None:
         self.services = services
         self.auth = auth
+        self.pairing = pairing
+        cfg = services.config.server
+        self.slots = ConnectionSlots(cfg.limits.max_connections, cfg.limits.max_connections_per_address)
+        self.trusted_proxies = frozenset(cfg.trusted_proxies)
+        self.allowed_origins = frozenset(cfg.allowed_origins)
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, text: str, counter: str) -> Response:
+        self.services.metrics.count(counter)
+        return connection.respond(status, text)
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return connection.respond(http.HTTPStatus.OK, STATUS_TEXT)
         remote = _remote(connection)
+        address = client_address(remote, request.headers, self.trusted_proxies)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.strip().rstrip("/").lower() not in self.allowed_origins:
+            # A web page the user happens to open must not talk to the server as a device.
+            log.warning("rejected a browser connection from %s: origin %r is not in server.allowed_origins",
+                        address, origin[:80])
+            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "origin not allowed\n", "origin_rejected")
+        refusal = self.slots.refusal(address)
+        if refusal is not None:
+            log.warning("rejected a connection: %s", refusal)
+            return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n",
+                                "connections_refused")
         info = device_info_from(request, remote)
         if not info.device_id:
             log.warning("rejected connection from %s: no Device-Id header or device-id query parameter", remote)
             return connection.respond(http.HTTPStatus.BAD_REQUEST,
                                       "Device-Id header (or ?device-id= query parameter) is required\n")
-        reason = self.auth.check(info.device_id, info.client_id, authorization_from(request))
+        result = self.auth.check(info.device_id, info.client_id, authorization_from(request))
+        reason = result.reason
+        if reason is None and self.auth.enabled and self.pairing is not None and not result.allow_listed:
+            current = await self.pairing.current_generation(info.device_id, info.client_id)
+            if current is None:
+                reason = "device is not paired (or was revoked)"
+            elif current != result.generation:
+                reason = "token of an earlier pairing (device was revoked since)"
         if reason is not None:
             log.warning("rejected %s from %s: %s", info.device_id, remote, reason)
             self.services.metrics.count("auth_rejected")
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+        if self.pairing is not None and not result.allow_listed:
+            info.auth_generation = result.generation
         connection.device_info = info  # type: ignore[attr-defined]
+        connection.client_address = address  # type: ignore[attr-defined]
         return None
 
     async def handler(self, connection: ServerConnection) -> None:
         info: DeviceInfo = connection.device_info  # type: ignore[attr-defined]
-        session = Session(self.services, WsEndpoint(connection), info)
+        address: str = connection.client_address  # type: ignore[attr-defined]
+        # Counted for the handler's lifetime (a handshake that fails never gets here, so nothing
+        # leaks); the check before the upgrade keeps almost all excess out, this one all of it.
+        if self.slots.acquire(address) is not None:
+            self.services.metrics.count("connections_refused")
+            await connection.close(1013, "too many connections")
+            return
         try:
-            await session.run(connection)
-        except ConnectionClosed:
-            pass
-        except Exception:  # noqa: BLE001 - one broken session never affects the others
-            log.exception("[%s] session crashed", info.device_id)
+            session = Session(self.services, WsEndpoint(connection), info)
+            try:
+                await session.run(connection)
+            except ConnectionClosed:
+                pass
+            except Exception:  # noqa: BLE001 - one broken session never affects the others
+                log.exception("[%s] session crashed", info.device_id)
+        finally:
+            self.slots.release(address)
+
+    async def watch_revocations(self) -> None:
+        """End the open sessions of devices the owner revoked (their new connections are refused
+        at once by the generation check; this closes the ones already open)."""
+        if self.pairing is None or not self.auth.enabled:
+            return
+        every = self.pairing.config.revocation_check_s
+        while True:
+            await asyncio.sleep(every)
+            sessions = [s for s in list(self.services.sessions)
+                        if s.device.device_id.lower() not in self.auth.allowed_devices]
+            if not sessions:
+                continue
+            try:
+                generations = await self.pairing.registry.generations(sorted({s.device.device_id for s in sessions}))
+            except Exception:  # noqa: BLE001 - a registry hiccup: try again next round
+                log.exception("revocation check failed")
+                continue
+            for s in sessions:
+                if generations.get(s.device.device_id) is None:
+                    log.warning("[%s] device revoked: closing its session", s.device.device_id)
+                    await s.close("device revoked")
 
 
 def _remote(connection: Any) -> str:

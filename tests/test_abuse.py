@@ -1,0 +1,411 @@
+"""Issue 10's attacks, each against the real server (a child process, auth and pairing on, low
+limits), with a well-behaved, paired simulated device whose conversation must still succeed.
+
+Attackers use other loopback source addresses (127.0.0.x: Linux routes all of 127/8 to the
+loopback interface), so per-address limits hit them and not the good device at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from harness.devsim import DeviceConnectError, SimDevice
+from harness.devsim.activation import activate_like_firmware
+from harness.devsim.identity import DeviceIdentity, firmware_ota_body, firmware_ota_headers, post_raw
+from harness.devsim.server_process import ServerProcess, start_server
+from harness.fakes.hass_server import FakeHomeAssistant
+from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = DeviceIdentity(mac="02:60:00:00:00:01", client_id="6c1d2e3f-0000-4000-8000-000000000001")
+FLOODER = "02:66:66:66:66:66"  # allow-listed (no token needed): an attacker with a way in
+ORIGIN_OK = "http://console.example"
+METRICS_TOKEN = "metrics-secret-1"
+LIMITS = {"max_connections": 40, "max_connections_per_address": 3, "ota_per_minute": 12,
+          "activate_per_minute": 60}
+# A good device's text turn against the fake LLM takes ~0.3 s of TTS on this machine; under
+# attack it must stay well inside this (a normal turn, not a stalled one).
+GOOD_TURN_BUDGET_S = 15.0
+
+
+@dataclass
+class Abuse:
+    server: ServerProcess
+    llm: FakeOpenAIServer
+    hass: FakeHomeAssistant
+    override: Path
+    good_url: str = ""
+    good_token: str = ""
+    latencies: list[float] = field(default_factory=list)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server", "--config", str(self.override), "devices", *args],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    def good_device(self, **config: Any) -> SimDevice:
+        dev = SimDevice(identity=GOOD, **config)
+        dev.ws_url, dev.ws_token = self.good_url, self.good_token
+        return dev
+
+    async def good_conversation(self, text: str = "What a nice day.") -> float:
+        """The well-behaved device talks; the answer is the fake LLM's, in full."""
+        async with self.good_device() as dev:
+            await dev.connect()
+            result = await dev.ask_text(text, timeout=GOOD_TURN_BUDGET_S)
+            assert result.completed, result.error
+            assert " ".join(result.sentences).startswith(f"You said: {text}"), result.sentences
+            latency = (result.t_tts_stop or 0) - (result.t_input_end or 0)
+            self.latencies.append(latency)
+            return latency
+
+
+def llm_section(fake: FakeOpenAIServer) -> dict[str, Any]:
+    return {"type": "openai", "base_url": fake.base_url, "api_key": "k", "model": "fake-model",
+            "timeout_s": 5, "first_token_timeout_s": 5, "retries": 0}
+
+
+@pytest.fixture(scope="module")
+async def abuse() -> AsyncIterator[Abuse]:
+    hass = FakeHomeAssistant(token="ha-token")
+    hass.add("light.kitchen", "off", friendly_name="Kitchen")
+    hass.add("lock.front_door", "locked", friendly_name="Front door")
+    hass.add("cover.garage", "closed", friendly_name="Garage")
+    async with FakeOpenAIServer() as llm, hass:
+        overrides = {
+            "llm": llm_section(llm),
+            "server": {
+                "auth": {"enabled": True, "allowed_devices": [FLOODER],
+                         "pairing": {"code_ttl_s": 120, "max_pending": 8, "max_pending_per_address": 2,
+                                     "revocation_check_s": 0.5}},
+                "allowed_origins": [ORIGIN_OK], "metrics_token": METRICS_TOKEN, "limits": LIMITS,
+            },
+            "memory": {"mode": "history", "max_exchanges_per_user": 10},
+            "plugins": {"home_assistant": {"enabled": True, "base_url": hass.url, "token": "ha-token",
+                                           "entities": [
+                                               {"entity_id": "light.kitchen", "name": ["kitchen light"]},
+                                               {"entity_id": "lock.front_door", "name": ["front door"]}]}},
+            "vision": {"base_url": llm.base_url, "model": "fake-vl", "api_key": "k", "requests_per_minute": 3,
+                       "max_image_bytes": 65536},
+        }
+        async with start_server(overrides) as server:
+            state = Abuse(server, llm, hass, server.data_dir.parent / "override.yaml")
+
+            async def confirm(code: str, message: str) -> None:
+                assert code in message
+                done = await asyncio.to_thread(state.cli, "pair", code, "--owner", "test")
+                assert done.returncode == 0, done.stderr
+
+            async with SimDevice(identity=GOOD) as dev:
+                log = await activate_like_firmware(dev, server.http_url, confirm)
+                assert log.codes and log.activate_statuses[-1] == 200 and dev.ws_token.startswith("v2.")
+                state.good_url, state.good_token = dev.ws_url or "", dev.ws_token
+            yield state
+
+
+# ------------------------------------------------------------------------------ raw HTTP helpers
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"", local: str = "127.0.0.1",
+                      timeout: float = 10) -> tuple[int, bytes]:
+    """Send bytes as they are (non-ASCII headers, odd framing) and read the status and the rest."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+    finally:
+        writer.close()
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    return status, data
+
+
+def upgrade_head(path: str, headers: dict[str, str] | list[tuple[str, str]]) -> bytes:
+    items = headers.items() if isinstance(headers, dict) else headers
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade",
+             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+    lines += [f"{k}: {v}" for k, v in items]
+    return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n"
+
+
+async def ota_post(server: ServerProcess, device: str, client: str = "", local: str = "127.0.0.1",
+                   headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, dict[str, Any], Any]:
+    ident = DeviceIdentity(mac=device, client_id=client or GOOD.client_id)
+    h = firmware_ota_headers(ident)
+    h.update(headers or {})
+    connector = aiohttp.TCPConnector(local_addr=(local, 0))
+    async with aiohttp.ClientSession(connector=connector) as http, http.post(
+            server.http_url + "/xiaozhi/ota/", data=body if body is not None else firmware_ota_body(ident).encode(),
+            headers=h) as resp:
+        text = await resp.text()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {"text": text}
+        return resp.status, data, resp.headers
+
+
+# ------------------------------------------------------------------------------ pairing and tokens
+
+
+async def test_ota_never_hands_a_token_to_whoever_names_a_device(abuse: Abuse) -> None:
+    """The original hole: POST /xiaozhi/ota/ with the victim's Device-Id returned its token."""
+    status, data, _ = await ota_post(abuse.server, GOOD.mac, client="00000000-1111-4222-8333-444444444444",
+                                     local="127.0.0.21")
+    assert status == 200 and data["websocket"]["token"] == "" and "activation" in data
+    status, data, _ = await ota_post(abuse.server, "02:60:00:00:00:99", local="127.0.0.21")
+    assert status == 200 and data["websocket"]["token"] == "" and len(data["activation"]["code"]) == 6
+    # Without a token the attacker cannot connect as anyone.
+    async with SimDevice(identity=DeviceIdentity(mac=GOOD.mac)) as dev:
+        with pytest.raises(DeviceConnectError) as err:
+            await dev.connect(url=abuse.server.ws_url, token="")
+        assert err.value.status == 401
+    await abuse.good_conversation()
+
+
+async def test_activation_answers_202_until_paired(abuse: Abuse) -> None:
+    ident = DeviceIdentity(mac="02:60:00:00:00:02")
+    status, data, _ = await ota_post(abuse.server, ident.mac, client=ident.client_id, local="127.0.0.22")
+    assert status == 200 and "activation" in data
+    h = firmware_ota_headers(ident)
+    url = abuse.server.http_url + "/xiaozhi/ota/activate"
+    for body in ("{}", json.dumps({"algorithm": "hmac-sha256", "challenge": "wrong", "hmac": "00" * 32})):
+        assert (await post_raw(url, h, body, local_address="127.0.0.22"))[0] == 202
+    # The good device is paired: 200 (and the firmware then re-runs OTA and gets its token).
+    assert (await post_raw(url, firmware_ota_headers(GOOD), "{}"))[0] == 200
+
+
+async def test_revoked_device_is_cut_off_at_once(abuse: Abuse) -> None:
+    """Pair a second device the firmware's way, connect it, revoke it from the CLI while it is
+    connected: the open session ends, its token is refused, its OTA shows a code again."""
+    ident = DeviceIdentity(mac="02:60:00:00:00:03")
+    codes: list[str] = []
+
+    async def owner_types(code: str, message: str) -> None:
+        codes.append(code)
+        assert abuse.cli("pair", code).returncode == 0
+
+    async with SimDevice(identity=ident, local_address="127.0.0.23") as dev:
+        await activate_like_firmware(dev, abuse.server.http_url, owner_types)
+        token = dev.ws_token
+        await dev.connect()
+        assert (await dev.ask_text("Hello.")).completed
+        listed = abuse.cli("list").stdout
+        assert ident.mac in listed and "paired" in listed
+        assert abuse.cli("revoke", ident.mac).returncode == 0
+        await dev.wait_for(lambda: dev.closed, timeout=5)
+    async with SimDevice(identity=ident, local_address="127.0.0.23") as again:
+        with pytest.raises(DeviceConnectError) as err:
+            await again.connect(url=abuse.server.ws_url, token=token)
+        assert err.value.status == 401
+        data = await again.ota(abuse.server.http_url)
+        assert data["websocket"]["token"] == "" and data["activation"]["code"] not in codes
+    await abuse.good_conversation()
+
+
+async def test_malformed_tokens_are_401_not_500(abuse: Abuse) -> None:
+    port = abuse.server.ws_port
+    valid = abuse.good_token
+    bad_tokens = ["v1.².x", "v2.0.²³." + "A" * 43, valid[:-1] + "é", "v2.٣.1." + valid.rsplit(".", 1)[1],
+                  "Bearer " + "x" * 6000]
+    for token in bad_tokens:
+        status, data = await raw_request(port, upgrade_head("/xiaozhi/v1/", {
+            "Authorization": f"Bearer {token}", "Device-Id": GOOD.mac, "Client-Id": GOOD.client_id}))
+        assert status in (401, 431, 400), (token[:20], data[:200])
+        assert b"Traceback" not in data
+    assert "Traceback" not in abuse.server.log_text()
+    await abuse.good_conversation()
+
+
+async def test_pending_code_flood_never_evicts_a_real_device(abuse: Abuse) -> None:
+    victim = DeviceIdentity(mac="02:60:00:00:00:04")
+    _, first, _ = await ota_post(abuse.server, victim.mac, client=victim.client_id, local="127.0.0.24")
+    code = first["activation"]["code"]
+    results = []
+    for i in range(30):  # new ids from many addresses until the table is full
+        status, data, _ = await ota_post(abuse.server, f"02:61:00:00:{i // 256:02x}:{i % 256:02x}",
+                                         local=f"127.0.1.{i + 1}")
+        results.append(status)
+    assert 503 in results  # full: new devices are told to retry later
+    _, again, _ = await ota_post(abuse.server, victim.mac, client=victim.client_id, local="127.0.0.24")
+    assert again["activation"]["code"] == code  # still pending, same code
+    assert abuse.cli("pair", code).returncode == 0
+    assert abuse.cli("revoke", victim.mac).returncode == 0
+    await abuse.good_conversation()
+
+
+# ------------------------------------------------------------------------------ limits on the ways in
+
+
+async def test_ota_and_activate_rate_limits(abuse: Abuse) -> None:
+    statuses = [(await ota_post(abuse.server, "02:62:00:00:00:01", local="127.0.0.31"))[0] for _ in range(20)]
+    assert statuses.count(429) >= 20 - LIMITS["ota_per_minute"] and statuses[0] == 200
+    url = abuse.server.http_url + "/xiaozhi/ota/activate"
+    h = firmware_ota_headers(DeviceIdentity(mac="02:62:00:00:00:01"))
+    polls = [(await post_raw(url, h, "{}", local_address="127.0.0.32"))[0] for _ in range(70)]
+    assert polls.count(429) >= 70 - LIMITS["activate_per_minute"]
+    # Other addresses are not affected.
+    assert (await ota_post(abuse.server, "02:62:00:00:00:02", local="127.0.0.33"))[0] == 200
+    await abuse.good_conversation()
+
+
+async def test_cors_only_for_configured_origins(abuse: Abuse) -> None:
+    _, _, headers = await ota_post(abuse.server, "02:63:00:00:00:01", local="127.0.0.41",
+                                   headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in headers
+    _, _, headers = await ota_post(abuse.server, "02:63:00:00:00:01", local="127.0.0.41",
+                                   headers={"Origin": ORIGIN_OK})
+    assert headers.get("Access-Control-Allow-Origin") == ORIGIN_OK
+    async with aiohttp.ClientSession() as http, http.options(
+            abuse.server.http_url + "/xiaozhi/ota/", headers={"Origin": "http://evil.example",
+                                                             "Access-Control-Request-Method": "POST"}) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_websocket_origin_check(abuse: Abuse) -> None:
+    async with abuse.good_device() as dev:
+        with pytest.raises(DeviceConnectError) as err:
+            await dev.connect(extra_headers={"Origin": "http://evil.example"})
+        assert err.value.status == 403
+    async with abuse.good_device() as dev:
+        await dev.connect(extra_headers={"Origin": ORIGIN_OK})
+        assert (await dev.ask_text("Hello from the console.")).completed
+
+
+async def test_connections_per_address_and_total(abuse: Abuse) -> None:
+    """An attacker with a way in (an allow-listed id) opens connections until refused; the good
+    device at another address still talks."""
+    flood: list[SimDevice] = []
+    refused = 0
+    try:
+        for _ in range(LIMITS["max_connections_per_address"] + 3):
+            dev = SimDevice(identity=DeviceIdentity(mac=FLOODER), local_address="127.0.0.51")
+            try:
+                await dev.connect(url=abuse.server.ws_url, token="")
+                flood.append(dev)
+            except DeviceConnectError as exc:
+                assert exc.status == 503
+                refused += 1
+        assert len(flood) == LIMITS["max_connections_per_address"] and refused == 3
+        await abuse.good_conversation()
+    finally:
+        await asyncio.gather(*(d.close() for d in flood))
+
+
+async def test_metrics_need_the_token(abuse: Abuse) -> None:
+    url = abuse.server.http_url + "/metrics"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:  # loopback, but a token is configured
+            assert resp.status == 401 and GOOD.mac not in await resp.text()
+        async with http.get(url, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(url, headers={"Authorization": "Bearer é"}) as resp:
+            assert resp.status in (400, 401)
+        async with http.get(url, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as resp:
+            assert resp.status == 200 and "counters" in await resp.json()
+
+
+async def test_deep_json_is_a_clean_protocol_error(abuse: Abuse) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    status, data, _ = await ota_post(abuse.server, "02:64:00:00:00:01", local="127.0.0.61", body=deep.encode())
+    assert status == 200 and "activation" in data  # the body is ignored, the answer is normal
+    async with abuse.good_device() as dev:
+        await dev.connect()
+        await dev.send_text_raw(json.dumps({"type": "listen", "state": "detect", "text": 1}) )
+        await dev.send_text_raw('{"type":"mcp","payload":' + "[" * 50_000 + "]" * 50_000 + "}")
+        await dev.send_text_raw("[" * 100_000)
+        result = await dev.ask_text("Still there?")
+        assert result.completed
+    assert "RecursionError" not in abuse.server.log_text()
+
+
+# ------------------------------------------------------------------------------ owner-only control
+
+
+async def test_home_assistant_refuses_unlisted_and_sensitive(abuse: Abuse) -> None:
+    abuse.llm.chat_script.extend([
+        ChatReply(tool_calls=[ToolCallSpec("hass_set_state", {"entity": "front door", "state": "unlock"})]),
+        ChatReply(text="I cannot do that."),
+        ChatReply(tool_calls=[ToolCallSpec("hass_set_state", {"entity": "cover.garage", "state": "open"})]),
+        ChatReply(text="I cannot do that either."),
+    ])
+    n = len(abuse.llm.chat_requests())
+    async with abuse.good_device() as dev:
+        await dev.connect()
+        assert (await dev.ask_text("Unlock the front door.")).completed
+        assert (await dev.ask_text("Open the garage.")).completed
+    assert abuse.hass.states["lock.front_door"]["state"] == "locked"
+    assert abuse.hass.states["cover.garage"]["state"] == "closed"
+    assert not [c for c in abuse.hass.calls if c.domain in ("lock", "cover")]
+    results = [m for r in abuse.llm.chat_requests()[n:] for m in r.body["messages"] if m.get("role") == "tool"]
+    assert len(results) == 2 and results[0]["content"] == results[1]["content"]  # same refusal, no ids
+    assert "garage" not in results[1]["content"]
+
+
+# ------------------------------------------------------------------------------ vision
+
+
+async def test_vision_rate_and_size_limits(abuse: Abuse) -> None:
+    async with abuse.good_device() as dev:
+        await dev.connect()
+        await dev.wait_for(lambda: dev.mcp.vision_url is not None, timeout=10)
+        url, token = dev.mcp.vision_url, dev.mcp.vision_token
+    headers = {"Device-Id": GOOD.mac, "Client-Id": GOOD.client_id, "Authorization": f"Bearer {token}"}
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 2000 + b"\xff\xd9"
+
+    def form(image: bytes) -> aiohttp.FormData:
+        f = aiohttp.FormData()
+        f.add_field("question", "what is this?")
+        f.add_field("file", image, filename="camera.jpg", content_type="image/jpeg")
+        return f
+
+    async with aiohttp.ClientSession() as http:
+        # Declared larger than allowed: refused before the body is read.
+        async with http.post(url, data=b"x" * 200_000, headers={
+                **headers, "Content-Type": "multipart/form-data; boundary=b"}) as resp:
+            assert resp.status == 413
+        statuses = []
+        for _ in range(5):
+            async with http.post(url, data=form(jpeg), headers=headers) as resp:
+                statuses.append(resp.status)
+        assert statuses[:2] == [200, 200] and 429 in statuses  # 3 per minute (413 above counted)
+        async with http.post(url, data=form(jpeg), headers={**headers, "Authorization": "Bearer v2.1.1.x"}) as resp:
+            assert resp.status == 401
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+async def test_memory_rows_per_identity_are_pruned(abuse: Abuse) -> None:
+    async with abuse.good_device() as dev:
+        await dev.connect()
+        for i in range(14):
+            assert (await dev.ask_text(f"Note number {i}.")).completed
+    await asyncio.sleep(0.5)  # exchanges are written in the background
+    db = sqlite3.connect(abuse.server.data_dir / "memory.sqlite3")
+    try:
+        rows = db.execute("SELECT user_text FROM exchanges WHERE user_id = ? ORDER BY id", (GOOD.mac,)).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 10 and rows[-1][0] == "Note number 13."
+
+
+async def test_good_device_latency_stayed_normal(abuse: Abuse) -> None:
+    """Runs last: every good conversation above completed; none took abnormally long."""
+    t0 = time.monotonic()
+    await abuse.good_conversation("Last one.")
+    assert time.monotonic() - t0 < GOOD_TURN_BUDGET_S
+    assert abuse.latencies and max(abuse.latencies) < GOOD_TURN_BUDGET_S
