@@ -80,7 +80,8 @@ class AbuseResult:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"options": asdict(self.options), "summary": self.summary(), "good_turns": [asdict(t) for t in self.good],
+        return {"options": asdict(self.options), "summary": self.summary(),
+                "good_turns": [asdict(t) for t in self.good],
                 "abuser_outcomes": self.abuser_outcomes, "rss_mb": self.rss_mb,
                 "sessions_after_settle": self.sessions_after_settle, "counters": self.counters,
                 "errors": self.errors}
@@ -180,7 +181,7 @@ class Abusers:
             await dev.close()
 
     async def _ota(self, i: int, address: str) -> None:
-        mac = "02:%02x:%02x:%02x:%02x:%02x" % tuple(random.randrange(256) for _ in range(5))
+        mac = "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
         body = ("[" * 50_000 + "]" * 50_000) if random.random() < 0.3 else json.dumps({"mac_address": mac})
         status = await self._http(address, "POST", "/xiaozhi/ota/", data=body,
                                   headers={"Device-Id": mac, "Client-Id": "c", "Content-Type": "application/json"})

@@ -239,7 +239,8 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
                                            tag=session.tag)
 
     services.device_tools_factory = device_tools if dcfg.mcp else None
-    services.iot_tools_factory = (lambda s: IotTools(s.send_iot_commands, tag=s.tag)) if dcfg.iot else None
+    services.iot_tools_factory = (lambda s: IotTools(s.send_iot_commands, tag=s.tag, max_things=dcfg.max_iot_things,
+                                                     max_bytes=dcfg.max_iot_bytes)) if dcfg.iot else None
 
 
 async def warm_up(services: Services) -> None:

@@ -91,9 +91,13 @@ async def abuse() -> AsyncIterator[Abuse]:
                 "auth": {"enabled": True, "allowed_devices": [FLOODER],
                          "pairing": {"code_ttl_s": 120, "max_pending": 8, "max_pending_per_address": 2,
                                      "revocation_check_s": 0.5}},
-                "allowed_origins": [ORIGIN_OK], "metrics_token": METRICS_TOKEN, "limits": LIMITS,
+                "allowed_origins": [ORIGIN_OK], "metrics_token": METRICS_TOKEN,
+                "limits": {**LIMITS, "send_timeout_s": 3, "max_pending_sends": 16},
             },
             "memory": {"mode": "history", "max_exchanges_per_user": 10},
+            "session": {"max_text_chars": 500, "text_turns_per_minute": 30},
+            "device_tools": {"max_tools": 20, "max_tools_bytes": 30000, "max_iot_things": 6,
+                             "max_iot_bytes": 8000},
             "plugins": {"home_assistant": {"enabled": True, "base_url": hass.url, "token": "ha-token",
                                            "entities": [
                                                {"entity_id": "light.kitchen", "name": ["kitchen light"]},
@@ -384,6 +388,114 @@ async def test_vision_rate_and_size_limits(abuse: Abuse) -> None:
         assert statuses[:2] == [200, 200] and 429 in statuses  # 3 per minute (413 above counted)
         async with http.post(url, data=form(jpeg), headers={**headers, "Authorization": "Bearer v2.1.1.x"}) as resp:
             assert resp.status == 401
+
+
+# ------------------------------------------------------------------------------ session-side limits
+
+
+async def counters(abuse: Abuse) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(
+            abuse.server.http_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as resp:
+        return (await resp.json())["counters"]
+
+
+def user_texts(requests: list[Any]) -> list[str]:
+    out = []
+    for r in requests:
+        for m in r.body.get("messages") or []:
+            if m.get("role") == "user" and isinstance(m.get("content"), str):
+                out.append(m["content"])
+    return out
+
+
+async def test_typed_text_length_and_rate(abuse: Abuse) -> None:
+    n = len(abuse.llm.chat_requests())
+    before = (await counters(abuse)).get("typed_text_refused", 0)
+    async with SimDevice(identity=DeviceIdentity(mac=FLOODER), local_address="127.0.0.71") as dev:
+        await dev.connect(url=abuse.server.ws_url, token="")
+        await dev.listen_start("manual")
+        await dev.listen_detect("LONGTEXT " + "x" * 5000)
+        for i in range(60):
+            await dev.listen_detect(f"RATETEXT {i}")
+        await asyncio.sleep(2.0)
+        sent = user_texts(abuse.llm.chat_requests()[n:])
+        assert not any("LONGTEXT" in t for t in sent)
+        assert sum("RATETEXT" in t for t in sent) <= 30
+        assert (await counters(abuse)).get("typed_text_refused", 0) - before >= 31
+    await abuse.good_conversation()
+
+
+async def test_iot_descriptor_flood_is_bounded(abuse: Abuse) -> None:
+    n = len(abuse.llm.chat_requests())
+    async with SimDevice(identity=DeviceIdentity(mac=FLOODER), local_address="127.0.0.72") as dev:
+        await dev.connect(url=abuse.server.ws_url, token="")
+        for i in range(300):
+            await dev.send_text_raw(json.dumps({"type": "iot", "update": True, "descriptors": [{
+                "name": f"Thing{i}", "description": "a thing " * 20, "properties": {},
+                "methods": {"Blink": {"description": "blink it", "parameters": {}}}}]}))
+        result = await dev.ask_text("What can you do?")
+        assert result.completed
+    request = abuse.llm.chat_requests()[n]
+    iot_tools = [t for t in request.body.get("tools") or [] if t["function"]["name"].startswith("iot_")]
+    assert 0 < len(iot_tools) <= 6 + 1  # six things' methods, plus the state reader
+    await abuse.good_conversation()
+
+
+async def test_device_mcp_tools_are_capped(abuse: Abuse) -> None:
+    from harness.devsim import filler_tools
+
+    n = len(abuse.llm.chat_requests())
+    async with SimDevice(identity=DeviceIdentity(mac=FLOODER), local_address="127.0.0.73",
+                         extra_tools=filler_tools(120, 400)) as dev:
+        await dev.connect(url=abuse.server.ws_url, token="")
+        await asyncio.sleep(1.5)  # the server lists the device's tools (paginated)
+        assert (await dev.ask_text("Hello tools.")).completed
+    request = abuse.llm.chat_requests()[n]
+    device_tools = [t for t in request.body.get("tools") or [] if t["function"]["name"].startswith("self_")]
+    assert 0 < len(device_tools) <= 20
+    assert len(json.dumps(device_tools)) < 60000
+    await abuse.good_conversation()
+
+
+async def test_client_that_stops_reading_is_dropped(abuse: Abuse) -> None:
+    """Protocol v2: JSON inside binary frames goes through the receive loop like text (no task
+    per frame), so a client that floods pings and never reads the pongs fills only its own
+    socket; the server drops it (send timeout) and keeps serving others."""
+    import socket
+
+    from websockets.asyncio.client import connect
+
+    from server.protocol import framing
+
+    before = (await counters(abuse)).get("slow_reader_closed", 0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window fills fast
+    sock.bind(("127.0.0.74", 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", abuse.server.ws_port))
+    ws = await connect(abuse.server.ws_url, sock=sock, additional_headers={
+        "Device-Id": FLOODER, "Client-Id": GOOD.client_id, "Protocol-Version": "2"}, compression=None)
+    try:
+        await ws.send(json.dumps({"type": "hello", "version": 2, "transport": "websocket",
+                                  "audio_params": {"format": "opus", "sample_rate": 16000, "channels": 1,
+                                                   "frame_duration": 60}}))
+        await asyncio.wait_for(ws.recv(), 10)  # the server hello
+        ws.transport.pause_reading()
+        ping = framing.pack(2, b'{"type":"ping"}', payload_type=framing.PAYLOAD_JSON)
+        closed = False
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30 and not closed:
+            try:
+                for _ in range(200):
+                    await asyncio.wait_for(ws.send(ping), 2.0)
+            except Exception:  # noqa: BLE001 - the server cut us off (or our own buffer is full)
+                pass
+            await asyncio.sleep(0.2)
+            closed = (await counters(abuse)).get("slow_reader_closed", 0) > before
+        assert closed, "the server never dropped a client that does not read"
+    finally:
+        ws.transport.abort()
+    await abuse.good_conversation()
 
 
 # ------------------------------------------------------------------------------ memory

@@ -48,7 +48,7 @@ def test_malformed_tokens_are_rejections_not_exceptions() -> None:
     good = a.mint("d", "c")
     sig = good.rsplit(".", 1)[1]
     for bad in ("v1.².x", "v2.0.²³.x", "v2.0.99999999999." + sig, good[:-1] + "é", good[:-2] + "\udcff",
-                "v2.0.1." + "é" * 43, "v2.٣.1." + sig, "Bearer " + "a" * 100_000, good + "x", "v2...":
+                "v2.0.1." + "é" * 43, "v2.٣.1." + sig, "Bearer " + "a" * 100_000, good + "x", "v2..."):
         assert a.check("d", "c", bad).reason is not None
 
 

@@ -517,7 +517,7 @@ async def test_hass_allow_list_refuses_the_rest(hass: FakeHomeAssistant) -> None
     guarded = PluginTools({"home_assistant": {"base_url": hass.url, "token": hass.token, "entities": listed}})
     for entity, state in (("front door lock", "unlock"), ("garage door", "open"), ("curtains", "open")):
         refused = await guarded.call(ctx("en"), "hass_set_state", {"entity": entity, "state": state})
-        assert refused.is_error and refused.text.startswith("that device or action is not available")
+        assert refused.is_error and "that device or action is not available" in refused.text
     assert data(await guarded.call(ctx("en"), "hass_get_state", {"entity": "前门锁"}))["state"] == "locked"
     # Per-domain services: only the named ones.
     named = PluginTools({"home_assistant": {"base_url": hass.url, "token": hass.token, "entities": listed,

@@ -51,6 +51,10 @@ class LimitsConfig(Strict):
     activate_per_minute: int = Field(default=60, ge=0)
     # Address tables (rate limits) forget the least recently seen addresses beyond this.
     max_tracked_addresses: int = Field(default=10000, ge=100)
+    # Messages to one device waiting to be sent (it stopped reading); beyond this, or when one
+    # send waits longer than send_timeout_s, the connection is closed.
+    max_pending_sends: int = Field(default=64, ge=4)
+    send_timeout_s: float = Field(default=30, gt=0)
 
 
 class ServerConfig(Strict):
@@ -101,6 +105,10 @@ class SessionConfig(Strict):
     # Inbound audio frames waiting for VAD/ASR; beyond this the oldest are dropped (a client
     # flooding faster than real time cannot grow our memory).
     uplink_queue_frames: int = Field(default=100, ge=10)
+    # Typed chat (`listen detect` with text, py-xiaozhi and browser pages): longest text, and
+    # turns per minute per session; beyond either the message is ignored (and logged).
+    max_text_chars: int = Field(default=1000, ge=10)
+    text_turns_per_minute: int = Field(default=20, ge=1)
 
 
 class AudioOutConfig(Strict):

@@ -66,7 +66,8 @@ async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -
                   "`python -m server devices pair CODE`")
             return 0
         if devices:
-            print(f"{'device id':<20} {'status':<8} {'board':<22} {'firmware':<10} {'paired':<17} {'last seen':<17} owner")
+            print(f"{'device id':<20} {'status':<8} {'board':<22} {'firmware':<10} {'paired':<17} "
+                  f"{'last seen':<17} owner")
             for d in devices:
                 print(f"{d.device_id:<20} {'paired' if d.paired else 'revoked':<8} {d.board[:22]:<22} "
                       f"{d.firmware[:10]:<10} {_when(d.paired_at):<17} {_when(d.last_seen):<17} {d.owner}")

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from server.protocol.safe_json import loads_limited
 from server.protocol.errors import ProtocolError
+from server.protocol.safe_json import loads_limited
 
 LISTEN_STATES = ("start", "stop", "detect")
 LISTEN_MODES = ("auto", "manual", "realtime")

@@ -46,6 +46,7 @@ from server.session.output import PacedOutput
 from server.session.turn import Turn, TurnKind
 from server.tools.base import ToolContext
 from server.tools.toolbox import Toolbox
+from server.transport.limits import TypedTextGuard
 
 log = logging.getLogger("server.session")
 
@@ -125,6 +126,7 @@ class Session:
         self._warn = RateLimitedLog()
         self._exit_phrases = {normalize(p) for p in cfg.session.exit_phrases}
         self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+        self.text_guard = TypedTextGuard(cfg.session.max_text_chars, cfg.session.text_turns_per_minute)
 
         # memory, persona and tools
         memory = services.memory
@@ -152,8 +154,10 @@ class Session:
             async for frame in incoming:
                 if isinstance(frame, str):
                     await self.on_text(frame)
-                else:
-                    self.on_binary(frame)
+                elif (json_text := self.on_binary(frame)) is not None:
+                    # JSON inside a binary frame (protocol v2/v3) is handled here, in the receive
+                    # loop, like text: a client that floods them waits for us, never piles up tasks.
+                    await self.on_text(json_text)
                 if self.closed:
                     break
         finally:
@@ -435,6 +439,11 @@ class Session:
             if not text or normalize(text) in self._wake_words:
                 self._enqueue("wake", text)
             else:
+                refusal = self.text_guard.refusal(text)
+                if refusal is not None:
+                    self._warn.warn(self.tag, "typed", f"typed text ignored: {refusal}")
+                    self.services.metrics.count("typed_text_refused")
+                    return
                 # Typed chat (py-xiaozhi, browser test pages): a turn of its own, right away.
                 self._enqueue("reset", None)
                 self.start_turn("text", text=text)
@@ -498,21 +507,22 @@ class Session:
 
     # ------------------------------------------------------------------ inbound audio
 
-    def on_binary(self, data: bytes) -> None:
+    def on_binary(self, data: bytes) -> str | None:
+        """Audio goes to the uplink queue; a JSON payload (v2/v3) is returned for on_text."""
         if not self.hello_received:
             self._warn.warn(self.tag, "binprehello", "binary frame before hello: dropped")
             self.services.metrics.count("audio_before_hello")
-            return
+            return None
         try:
             frame = framing.unpack(self.framing_version, data)
         except FramingError as exc:
             self._warn.warn(self.tag, "framing", f"dropped binary frame: {exc}")
             self.services.metrics.count("bad_binary_frames")
-            return
+            return None
         if frame.payload_type == framing.PAYLOAD_JSON:
-            self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
-            return
+            return frame.payload.decode("utf-8", "replace")
         self._enqueue("audio", (frame.payload, time.monotonic()))
+        return None
 
     def _enqueue(self, kind: str, value: Any) -> None:
         if kind == "audio" and self._uplink_audio >= self._uplink_limit or len(self._uplink) >= 4 * self._uplink_limit:

@@ -33,14 +33,54 @@ STATUS_TEXT = "xiaozhi voice server is running. Devices connect here over WebSoc
 
 
 class WsEndpoint:
-    def __init__(self, connection: ServerConnection) -> None:
+    """Sends to one device, with back-pressure bounds: a client that stops reading makes our
+    sends wait (websockets waits for the socket to drain); more than `max_pending` sends waiting
+    at once, or one waiting longer than `send_timeout_s`, closes the connection instead of
+    piling up messages in memory."""
+
+    def __init__(self, connection: ServerConnection, max_pending: int = 0, send_timeout_s: float = 0,
+                 on_overflow: Any = None) -> None:
         self.connection = connection
+        self.max_pending = max_pending
+        self.send_timeout_s = send_timeout_s
+        self.pending = 0
+        self._on_overflow = on_overflow
+        self._aborted = False
+
+    async def _send(self, data: str | bytes) -> None:
+        if self._aborted:
+            raise ConnectionError("connection aborted: the client stopped reading")
+        if self.max_pending and self.pending >= self.max_pending:
+            self._abort(f"more than {self.max_pending} messages waiting to be sent")
+            raise ConnectionError("too many pending sends")
+        self.pending += 1
+        try:
+            if self.send_timeout_s:
+                try:
+                    await asyncio.wait_for(self.connection.send(data), self.send_timeout_s)
+                except TimeoutError:
+                    self._abort(f"a send waited more than {self.send_timeout_s:g} s")
+                    raise ConnectionError("send timed out") from None
+            else:
+                await self.connection.send(data)
+        finally:
+            self.pending -= 1
+
+    def _abort(self, why: str) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        if self._on_overflow is not None:
+            self._on_overflow(why)
+        transport = getattr(self.connection, "transport", None)
+        if transport is not None:
+            transport.abort()  # a close handshake would wait on the same full buffer
 
     async def send_text(self, text: str) -> None:
-        await self.connection.send(text)
+        await self._send(text)
 
     async def send_binary(self, data: bytes) -> None:
-        await self.connection.send(data)
+        await self._send(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.connection.close(code, reason)
@@ -128,7 +168,14 @@ class DeviceServer:
             await connection.close(1013, "too many connections")
             return
         try:
-            session = Session(self.services, WsEndpoint(connection), info)
+            limits = self.services.config.server.limits
+
+            def overflow(why: str) -> None:
+                self.services.metrics.count("slow_reader_closed")
+                log.warning("[%s] closing: %s (the client is not reading)", info.device_id, why)
+
+            endpoint = WsEndpoint(connection, limits.max_pending_sends, limits.send_timeout_s, overflow)
+            session = Session(self.services, endpoint, info)
             try:
                 await session.run(connection)
             except ConnectionClosed:
