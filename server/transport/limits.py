@@ -11,7 +11,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def host_of(peer: str) -> str:
@@ -83,9 +83,7 @@ class ConnectionSlots:
     max_total: int
     max_per_address: int
     total: int = 0
-
-    def __post_init__(self) -> None:
-        self._per: dict[str, int] = {}
+    _per: dict[str, int] = field(default_factory=dict)
 
     def refusal(self, address: str) -> str | None:
         """Why a new connection from `address` must be refused now, or None."""
