@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -57,6 +58,7 @@ class GoodTurn:
     first_audio_ms: float | None = None
     total_ms: float | None = None
     error: str | None = None
+    stt_ms: float | None = None
 
 
 @dataclass
@@ -66,6 +68,7 @@ class AbuseResult:
     abuser_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
     sessions_after_settle: int | None = None
+    load_average: dict[str, list[float]] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -76,6 +79,7 @@ class AbuseResult:
             out[phase] = {
                 "turns": len(turns), "failed": sum(not t.ok for t in turns),
                 "first_audio_ms": summarize([t.first_audio_ms for t in turns if t.first_audio_ms is not None]),
+                "stt_ms": summarize([t.stt_ms for t in turns if t.stt_ms is not None]),
             }
         return out
 
@@ -84,6 +88,7 @@ class AbuseResult:
                 "good_turns": [asdict(t) for t in self.good],
                 "abuser_outcomes": self.abuser_outcomes, "rss_mb": self.rss_mb,
                 "sessions_after_settle": self.sessions_after_settle, "counters": self.counters,
+                "load_average": self.load_average,
                 "errors": self.errors}
 
 
@@ -118,7 +123,7 @@ async def good_device_run(phase: str, index: int, ident: DeviceIdentity, ws_url:
                 continue
             t = result.timings()
             out.append(GoodTurn(phase, index, bool(result.completed), t.get("first_audio_ms"), t.get("total_ms"),
-                                None if result.completed else (result.error or "no tts stop")))
+                                None if result.completed else (result.error or "no tts stop"), t.get("stt_ms")))
     except DeviceConnectError as exc:
         out.append(GoodTurn(phase, index, False, error=f"connect: {exc}"))
     finally:
@@ -257,9 +262,11 @@ async def run_abuse(ws_url: str, http_url: str, ws_port: int, pid: int, good: li
     texts = list(E2E_QUESTIONS.get(opts.language, E2E_QUESTIONS["en"]))[:opts.prompts]
     questions = [(q, await speech(q, opts.language)) for q in texts]
     result.rss_mb["ready"] = rss_mb(pid)
+    result.load_average["start"] = list(os.getloadavg())
     console.log(f"clean phase: {len(good)} devices x {len(questions)} questions")
     await good_phase("clean", good, ws_url, questions, opts, result.good)
     result.rss_mb["after_clean"] = rss_mb(pid)
+    result.load_average["after_clean"] = list(os.getloadavg())
     console.log(f"abuse phase: {opts.abusers} abusive clients for {opts.seconds:.0f} s, good devices talking")
     deadline = time.monotonic() + opts.seconds
     abusers = Abusers(ws_url, http_url, ws_port, holders, deadline)
@@ -281,6 +288,7 @@ async def run_abuse(ws_url: str, http_url: str, ws_port: int, pid: int, good: li
         await asyncio.gather(*attack, return_exceptions=True)
     result.rss_mb["peak_during_abuse"] = peak
     result.rss_mb["after_abuse"] = rss_mb(pid)
+    result.load_average["after_abuse"] = list(os.getloadavg())
     result.abuser_outcomes = {k: dict(v.most_common()) for k, v in abusers.outcomes.items()}
     await asyncio.sleep(10.0)
     result.rss_mb["after_settle"] = rss_mb(pid)
@@ -298,7 +306,8 @@ def print_abuse(result: AbuseResult, console: Console) -> None:
     console.print()
     console.print(f"ABUSE  {result.options.abusers} abusive clients for {result.options.seconds:.0f} s, "
                   f"{result.options.good_devices} good devices x {result.options.prompts} spoken questions per phase")
-    console.print(f"{'phase':<8} {'turns':>5} {'failed':>6} {'first audio p50':>16} {'p95':>8} {'max':>8}")
+    console.print(f"{'phase':<8} {'turns':>5} {'failed':>6} {'first audio p50':>16} {'p95':>8} {'max':>8} "
+                  f"{'stt p50':>8}")
     for phase in ("clean", "abuse"):
         fa = s[phase]["first_audio_ms"] or {}
 
@@ -306,10 +315,12 @@ def print_abuse(result: AbuseResult, console: Console) -> None:
             v = fa.get(key)
             return f"{v:.0f}" if isinstance(v, int | float) else "-"
 
+        stt = (s[phase]["stt_ms"] or {}).get("p50")
         console.print(f"{phase:<8} {s[phase]['turns']:>5} {s[phase]['failed']:>6} {ms('p50'):>16} {ms('p95'):>8} "
-                      f"{ms('max'):>8}")
+                      f"{ms('max'):>8} {f'{stt:.0f}' if stt is not None else '-':>8}")
     console.print("RSS MB: " + ", ".join(f"{k} {v}" for k, v in result.rss_mb.items()))
-    console.print(f"sessions after settling: {result.sessions_after_settle}")
+    console.print(f"sessions after settling: {result.sessions_after_settle}; load average "
+                  + ", ".join(f"{k} {v[0]:.1f}" for k, v in result.load_average.items()))
     for kind, outcomes in result.abuser_outcomes.items():
         shown = ", ".join(f"{k}: {v}" for k, v in list(outcomes.items())[:6])
         console.print(f"  {kind:<10} {shown}")
