@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from bench.stats import summarize
 from bench.testset import E2E_QUESTIONS, speech
 from harness.devsim import DeviceConnectError, DeviceIdentity, SimDevice
 
+ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("token", "ota", "activate", "metrics", "half_open", "holder")
 METRICS_TOKEN = "bench-abuse-metrics"
 
@@ -48,6 +50,7 @@ class AbuseOptions:
     prompts: int = 2
     language: str = "en"
     turn_timeout_s: float = 60.0
+    settle_s: float = 10.0  # after the abuse, before the last RSS sample
 
 
 @dataclass
@@ -269,8 +272,11 @@ async def run_abuse(ws_url: str, http_url: str, ws_port: int, pid: int, good: li
     result.load_average["after_clean"] = list(os.getloadavg())
     console.log(f"abuse phase: {opts.abusers} abusive clients for {opts.seconds:.0f} s, good devices talking")
     deadline = time.monotonic() + opts.seconds
-    abusers = Abusers(ws_url, http_url, ws_port, holders, deadline)
-    attack = [asyncio.create_task(abusers.run(i)) for i in range(opts.abusers)]
+    # The abusers run in their own process: in ours they would slow down the good devices'
+    # own sending and receiving, and we would measure the tester instead of the server.
+    attack = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.abuse", ws_url, http_url, str(ws_port), str(opts.abusers), str(opts.seconds),
+        ",".join(holders), cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     peak = 0.0
     try:
         await asyncio.sleep(min(5.0, opts.seconds / 4))
@@ -281,16 +287,19 @@ async def run_abuse(ws_url: str, http_url: str, ws_port: int, pid: int, good: li
             if time.monotonic() > deadline + opts.turn_timeout_s * 2:
                 break
         await good_task
+        out, err = await asyncio.wait_for(attack.communicate(), 60)
     finally:
-        await asyncio.wait(attack, timeout=20)
-        for t in attack:
-            t.cancel()
-        await asyncio.gather(*attack, return_exceptions=True)
+        if attack.returncode is None:
+            attack.kill()
+            await attack.wait()
     result.rss_mb["peak_during_abuse"] = peak
     result.rss_mb["after_abuse"] = rss_mb(pid)
     result.load_average["after_abuse"] = list(os.getloadavg())
-    result.abuser_outcomes = {k: dict(v.most_common()) for k, v in abusers.outcomes.items()}
-    await asyncio.sleep(10.0)
+    try:
+        result.abuser_outcomes = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result.errors.append(f"the abuser process reported nothing: {err.decode()[-500:]}")
+    await asyncio.sleep(opts.settle_s)
     result.rss_mb["after_settle"] = rss_mb(pid)
     async with aiohttp.ClientSession() as http:
         async with http.get(http_url + "/health") as resp:
@@ -337,7 +346,7 @@ async def abuse_main(args: Any, overrides: dict[str, Any], console: Console, out
     from server.config.loader import deep_merge
 
     opts = AbuseOptions(abusers=args.abuse_clients, seconds=args.abuse_seconds, good_devices=args.devices_good,
-                        prompts=args.prompts, turn_timeout_s=args.turn_timeout)
+                        prompts=args.prompts, turn_timeout_s=args.turn_timeout, settle_s=args.abuse_settle)
     good = [DeviceIdentity(mac=f"02:0a:00:00:00:{i + 1:02x}") for i in range(opts.good_devices)]
     holders = [f"02:0b:00:00:00:{i + 1:02x}" for i in range(50)]
     merged = deep_merge(overrides, abuse_overrides(good, holders))
@@ -357,3 +366,18 @@ async def abuse_main(args: Any, overrides: dict[str, Any], console: Console, out
     failed = s["abuse"]["failed"] or s["clean"]["failed"] or result.errors or any(
         "ACCEPTED" in o for o in result.abuser_outcomes.get("token", {}))
     return 1 if failed else 0
+
+
+async def _abusers_main(argv: list[str]) -> None:
+    ws_url, http_url, ws_port, count, seconds, holders = argv
+    abusers = Abusers(ws_url, http_url, int(ws_port), holders.split(","), time.monotonic() + float(seconds))
+    tasks = [asyncio.create_task(abusers.run(i)) for i in range(int(count))]
+    await asyncio.wait(tasks, timeout=float(seconds) + 20)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({k: dict(v.most_common()) for k, v in abusers.outcomes.items()}))
+
+
+if __name__ == "__main__":
+    asyncio.run(_abusers_main(sys.argv[1:]))

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--abuse-seconds", type=float, default=60.0, metavar="S", help="abuse duration (default 60)")
     a.add_argument("--good-devices", dest="devices_good", type=int, default=4, metavar="N",
                    help="well-behaved devices talking during the abuse (default 4); --prompts questions each")
+    a.add_argument("--abuse-settle", type=float, default=10.0, metavar="S",
+                   help="wait after the abuse before the last RSS sample (default 10)")
 
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE", help="JSON report path (default data/bench/<timestamp>.json)")
@@ -187,6 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
     if args.abuse and args.url:
         parser.error("--abuse starts its own server (auth on, limits as configured): drop --url")
+    if args.abuse and (args.abuse_clients < 1 or args.abuse_seconds <= 0 or args.devices_good < 1):
+        parser.error("--abuse-clients and --good-devices must be at least 1, --abuse-seconds positive")
     if not args.components and not args.e2e and not args.ramp and args.idle is None and not args.abuse:
         args.e2e = True
         # With fakes the point is the server's own overhead end to end; --components still
