@@ -12,7 +12,8 @@ from websockets.asyncio.server import serve
 from harness.rawws import RawWebSocket
 from server.protocol.errors import ProtocolError
 from server.protocol.safe_json import depth_exceeds, loads_limited
-from server.transport.limits import ConnectionSlots, RateLimiter, TypedTextGuard, client_address, host_of
+from server.session.typed_text import TypedTextGuard
+from server.transport.limits import ConnectionSlots, RateLimiter, client_address, host_of
 from server.transport.websocket_server import WsEndpoint
 
 
@@ -58,8 +59,10 @@ def test_typed_text_guard() -> None:
     clock = Clock()
     guard = TypedTextGuard(max_chars=20, per_minute=3, clock=clock)
     assert "characters" in (guard.refusal("x" * 21) or "")
-    assert [guard.refusal("hi") for _ in range(4)][:3] == [None] * 3
+    assert [guard.refusal("hi") for _ in range(3)] == [None] * 3
     assert "per minute" in (guard.refusal("hi") or "")
+    clock.now += 60
+    assert guard.refusal("hi") is None
 
 
 def test_deep_json_is_a_protocol_error() -> None:

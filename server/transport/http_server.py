@@ -19,7 +19,7 @@ from aiohttp import web
 from server.pairing import Pairing
 from server.protocol.errors import ProtocolError
 from server.protocol.safe_json import loads_limited
-from server.services import Services
+from server.runtime import Services
 from server.transport.auth import TokenAuth, bearer_token
 from server.transport.limits import RateLimiter, client_address, is_loopback
 from server.transport.ota import find_newer_firmware, ota_response, websocket_url_for

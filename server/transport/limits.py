@@ -111,18 +111,3 @@ class ConnectionSlots:
     def count(self, address: str) -> int:
         return self._per.get(address, 0)
 
-
-class TypedTextGuard:
-    """Typed chat (`listen detect` with text) of one session: each one is an LLM call and a
-    stored exchange, so it is bounded in length and in turns per minute."""
-
-    def __init__(self, max_chars: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_chars = max_chars
-        self._rate = RateLimiter(per_minute, max_addresses=1, clock=clock)
-
-    def refusal(self, text: str) -> str | None:
-        if self.max_chars and len(text) > self.max_chars:
-            return f"typed text of {len(text)} characters (limit {self.max_chars})"
-        if not self._rate.allow("text"):
-            return f"more than {self._rate.per_minute} typed turns per minute"
-        return None

@@ -21,8 +21,8 @@ from websockets.http11 import Request, Response
 
 from server.pairing import Pairing
 from server.protocol import framing
-from server.services import Services
-from server.session.endpoint import DeviceInfo
+from server.runtime import Services
+from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
 from server.transport.limits import ConnectionSlots, client_address
