@@ -57,7 +57,9 @@ class WsEndpoint:
         try:
             if self.send_timeout_s:
                 try:
-                    await asyncio.wait_for(self.connection.send(data), self.send_timeout_s)
+                    # asyncio.timeout, not wait_for: no extra task per audio frame.
+                    async with asyncio.timeout(self.send_timeout_s):
+                        await self.connection.send(data)
                 except TimeoutError:
                     self._abort(f"a send waited more than {self.send_timeout_s:g} s")
                     raise ConnectionError("send timed out") from None
