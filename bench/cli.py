@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--idle", type=int, metavar="N",
                    help="idle devices: server RSS and CPU with 0, 1 and N connected, listening devices nobody "
                         "talks to")
+    m.add_argument("--abuse", action="store_true",
+                   help="abuse soak: --abuse-clients abusive clients for --abuse-seconds while --good-devices "
+                        "good devices talk; their latency vs a clean run, and the server's RSS (starts its own server)")
     m.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print new/old ratios of two JSON reports")
 
     c = p.add_argument_group("configuration and target")
@@ -154,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLM request timeout, counted as a failure (default 30)")
     s.add_argument("--tts-sentences", type=int, metavar="N", help="TTS sentences (default all)")
 
+    a = p.add_argument_group("abuse soak (--abuse)")
+    a.add_argument("--abuse-clients", type=int, default=200, metavar="N", help="abusive clients at once (default 200)")
+    a.add_argument("--abuse-seconds", type=float, default=60.0, metavar="S", help="abuse duration (default 60)")
+    a.add_argument("--good-devices", dest="devices_good", type=int, default=4, metavar="N",
+                   help="well-behaved devices talking during the abuse (default 4); --prompts questions each")
+    a.add_argument("--abuse-settle", type=float, default=10.0, metavar="S",
+                   help="wait after the abuse before the last RSS sample (default 10)")
+
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE", help="JSON report path (default data/bench/<timestamp>.json)")
     o.add_argument("--chart", metavar="FILE", help="PNG chart path (default: beside the JSON, same name)")
@@ -196,7 +207,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.fake_ttft_ms < 0 or args.fake_tokens_per_s <= 0:
             parser.error("--fake-ttft-ms must be >= 0 and --fake-tokens-per-s > 0")
     args.languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
-    if not args.components and not args.e2e and not args.ramp and args.idle is None:
+    if args.abuse and args.url:
+        parser.error("--abuse starts its own server (auth on, limits as configured): drop --url")
+    if args.abuse and (args.abuse_clients < 1 or args.abuse_seconds <= 0 or args.devices_good < 1):
+        parser.error("--abuse-clients and --good-devices must be at least 1, --abuse-seconds positive")
+    if not args.components and not args.e2e and not args.ramp and args.idle is None and not args.abuse:
         args.e2e = True
         # With fakes the point is the server's own overhead end to end; --components still
         # measures the providers (the LLM against the fake) when asked for.
@@ -298,6 +313,10 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
     from bench.report import BenchRun, print_report, redact
 
     console = Console(quiet=args.quiet)
+    if args.abuse:
+        from bench.abuse import abuse_main
+
+        return await abuse_main(args, overrides, console, DEFAULT_OUT_DIR)
     if args.url:
         # Before anything else: an unreachable target is one line and exit 2, not a report.
         from bench.e2e import Target, probe

@@ -46,6 +46,7 @@ from server.session.downlink import Downlink
 from server.session.listener import Utterance
 from server.session.ratelog import RateLimitedLog
 from server.session.speculation import Speculator
+from server.session.typed_text import TypedTextGuard
 from server.session.uplink import Uplink
 
 log = logging.getLogger("server.session")
@@ -71,6 +72,7 @@ class Session:
         self._warn = RateLimitedLog()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+        self.text_guard = TypedTextGuard(cfg.session.max_text_chars, cfg.session.text_turns_per_minute)
         self.downlink = Downlink(endpoint, self.session_id, framing_version=self.framing_version,
                                  frame_ms=cfg.audio_out.frame_duration_ms,
                                  prebuffer_frames=cfg.audio_out.prebuffer_frames, on_failed=self._on_send_failed)
@@ -100,8 +102,10 @@ class Session:
             async for frame in incoming:
                 if isinstance(frame, str):
                     await self.on_text(frame)
-                else:
-                    self.on_binary(frame)
+                elif (json_text := self.on_binary(frame)) is not None:
+                    # JSON inside a binary frame (protocol v2/v3) is handled here, in the receive
+                    # loop, like text: a client that floods them waits for us, never piles up tasks.
+                    await self.on_text(json_text)
                 if self.closed:
                     break
         finally:
@@ -199,21 +203,22 @@ class Session:
         else:
             self._warn.warn(self.tag, f"unexpected:{msg.TYPE}", f"unexpected {msg.TYPE!r} from a device: ignored")
 
-    def on_binary(self, data: bytes) -> None:
+    def on_binary(self, data: bytes) -> str | None:
+        """Audio goes to the uplink queue; a JSON payload (v2/v3) is returned for on_text."""
         if not self.hello_received:
             self._warn.warn(self.tag, "binprehello", "binary frame before hello: dropped")
             self.services.metrics.count("audio_before_hello")
-            return
+            return None
         try:
             frame = framing.unpack(self.framing_version, data)
         except FramingError as exc:
             self._warn.warn(self.tag, "framing", f"dropped binary frame: {exc}")
             self.services.metrics.count("bad_binary_frames")
-            return
+            return None
         if frame.payload_type == framing.PAYLOAD_JSON:
-            self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
-            return
+            return frame.payload.decode("utf-8", "replace")
         self.uplink.audio(frame.payload, time.monotonic())
+        return None
 
     async def _on_hello(self, msg: Hello) -> None:
         cfg = self.services.config
@@ -253,6 +258,11 @@ class Session:
             if not text or normalize(text) in self._wake_words:
                 self.uplink.wake(text)
             else:
+                refusal = self.text_guard.refusal(text)
+                if refusal is not None:
+                    self._warn.warn(self.tag, "typed", f"typed text ignored: {refusal}")
+                    self.services.metrics.count("typed_text_refused")
+                    return
                 # Typed chat (py-xiaozhi, browser test pages): a turn of its own, right away.
                 self.uplink.reset()
                 self.start_turn("text", text=text)
