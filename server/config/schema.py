@@ -16,6 +16,7 @@ from server.devices.mcp_client import DeviceToolsConfig
 from server.memory.manager import MemoryConfig
 from server.providers.base import ProviderSettings
 from server.transport.vision import VisionConfig
+from server.xiaomi.config import XiaomiConfig
 
 
 class Strict(BaseModel):
@@ -125,6 +126,8 @@ class AppConfig(Strict):
     vision: VisionConfig = Field(default_factory=VisionConfig)
     # External MCP servers: validated by server.mcp_ext (the loader replaces this mapping).
     mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    # XiaoAi speakers through the Xiaomi cloud (server/xiaomi/).
+    xiaomi: XiaomiConfig = Field(default_factory=XiaomiConfig)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
