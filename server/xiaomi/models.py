@@ -23,6 +23,7 @@ class ModelProfile(BaseModel):
     play_status: bool = True
     playing_prop: tuple[int, int, int] | None = None
     play_api: Literal["play_url", "play_music"] = "play_url"
+    speech_rate: float = Field(default=1.0, gt=0, le=100)
     supported: bool = True
 
 
@@ -39,6 +40,7 @@ class ModelOverrides(BaseModel):
     play_status: bool | None = None
     playing_prop: tuple[int, int, int] | None = None
     play_api: Literal["play_url", "play_music"] | None = None
+    speech_rate: float | None = Field(default=None, gt=0, le=100)
     supported: bool | None = None
 
 

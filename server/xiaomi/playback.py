@@ -31,7 +31,7 @@ class PlaybackTiming:
     tail_s: float = 0.3              # margin: a short gap is better than cutting the sentence off
     min_s: float = 0.6
     poll_s: float = 0.4              # between status probes
-    scale: float = 1.0               # test speed-up, applied to estimates of speech length
+    scale: float = 1.0               # 1 / the model's speech_rate: applied to estimates and polling
     stuck_factor: float = 2.0        # "playing" longer than this times the estimate: stop waiting
     stuck_extra_s: float = 3.0
 
@@ -58,7 +58,8 @@ async def wait_playback(expected_s: float, probe: Callable[[], Awaitable[bool]] 
             await sleep(remaining)
         return "estimate"
     seen_playing = False
-    deadline = t0 + expected_s * timing.stuck_factor + timing.stuck_extra_s * timing.scale
+    # The extra time is not scaled by the speaking rate: it covers fetching and buffering.
+    deadline = t0 + expected_s * timing.stuck_factor + timing.stuck_extra_s
     while True:
         try:
             playing = await probe()
@@ -74,4 +75,4 @@ async def wait_playback(expected_s: float, probe: Callable[[], Awaitable[bool]] 
             log.info("the speaker still reports playing after %.1f s (expected %.1f s); going on",
                      now - t0, expected_s)
             return "stuck"
-        await sleep(timing.poll_s)
+        await sleep(max(0.05, timing.poll_s * timing.scale))

@@ -17,6 +17,15 @@ class RecordFilter:
         self._seen: set[str] = set()
         self._order: deque[str] = deque()
 
+    @classmethod
+    def primed(cls, records: list[ConversationRecord], started_ms: int) -> RecordFilter:
+        """A filter for which everything in `records` (the first poll) is already old."""
+        newest = max((r.time_ms for r in records), default=0)
+        f = cls(max(started_ms, newest))
+        for r in records:
+            f._remember(r.key)
+        return f
+
     def new(self, records: list[ConversationRecord]) -> list[ConversationRecord]:
         """The records not seen before and not older than the start, oldest first."""
         fresh = []

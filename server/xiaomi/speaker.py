@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,9 @@ class SpeakerControl:
         self.profile = profile
         self.mina = mina
         self.miot = miot
-        self.timing = timing or PlaybackTiming()
+        # The model's speaking rate scales every estimate (and the status polling with it).
+        base = timing or PlaybackTiming()
+        self.timing = dataclasses.replace(base, scale=base.scale / profile.speech_rate)
         self.audio_store = audio_store
         self.audio_base_url = audio_base_url.rstrip("/")
         self.tag = tag or speaker.label
@@ -55,12 +58,12 @@ class SpeakerControl:
     async def _mute_loop(self, stop: asyncio.Event) -> None:
         t0 = time.monotonic()
         for offset in MUTE_REPEATS_S:
-            delay = t0 + offset * self.timing.scale - time.monotonic()
+            delay = t0 + offset - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return
+            if stop.is_set() and offset > 0:
+                return  # the first pause always goes out: it is the one that matters
             try:
                 await self.mina.pause(self.device_id)
             except XiaomiError as exc:
