@@ -186,6 +186,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
     # counters and logs for the tests
     logins: list[tuple[str, str, str]] = field(default_factory=list)  # (user, sid, how)
     requests: list[tuple[float, str]] = field(default_factory=list)   # (time, path)
+    first_served: dict[str, float] = field(default_factory=dict)      # requestId -> first poll that got it
     _sessions: dict[str, _Session] = field(default_factory=dict)      # serviceToken -> session
     _pending_sts: dict[str, tuple[str, str, int, str]] = field(default_factory=dict)
     _http: aiohttp.ClientSession | None = None
@@ -252,6 +253,10 @@ class FakeXiaomiCloud(FakeHTTPServer):
     async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((time.monotonic(), request.path))
         return await handler(request)
+
+    @staticmethod
+    def visible_at(speaker: FakeSpeaker, request_id: str) -> float | None:
+        return next((at for at, r in speaker.records if r["requestId"] == request_id), None)
 
     def count(self, path_part: str) -> int:
         return sum(1 for _, p in self.requests if path_part in p)
@@ -458,6 +463,8 @@ class FakeXiaomiCloud(FakeHTTPServer):
         visible = [r for at, r in sp.records if at <= now and r["time"] <= upper]
         visible.sort(key=lambda r: r["time"], reverse=True)
         page = visible[:limit]
+        for r in page:
+            self.first_served.setdefault(r["requestId"], now)
         data = {"bitSet": [0, 1, 1], "records": page,
                 "nextEndTime": (page[-1]["time"] - 1) if page else 0}
         return web.json_response({"code": 0, "message": "Success", "data": json.dumps(data, ensure_ascii=False)})

@@ -128,3 +128,36 @@ class XiaomiBridge:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+# Our own audio for reply_via: server_audio is encoded to MP3 at this rate (speech; small files).
+SERVER_AUDIO_RATE = 24000
+
+
+def start_bridge(runtime: Any, *, timing: PlaybackTiming | None = None) -> XiaomiBridge | None:
+    """Build and start the bridge for a running server (None when `xiaomi.enabled` is off).
+    Each speaker's conversations run on the shared runtime: same LLM, tools, plugins, memory."""
+    config = runtime.config
+    xcfg: XiaomiConfig = config.xiaomi
+    if not xcfg.enabled:
+        return None
+    from server.audio.voice import PcmVoice
+    from server.conversation import Conversation
+
+    uses_audio = any(s.reply_via == "server_audio" for a in xcfg.accounts for s in a.speakers)
+    pcm_voice = PcmVoice(runtime.tts, SERVER_AUDIO_RATE, runtime.codec_pool) if uses_audio else None
+
+    def new_conversation(endpoint: SpeakerEndpoint) -> Any:
+        conversation = Conversation(runtime, endpoint, endpoint.identity, tag=endpoint.tag, language=endpoint.language)
+        tools = endpoint.tools()
+        if tools is not None:
+            conversation.set_device_tools(tools)
+        return conversation
+
+    bridge = XiaomiBridge(xcfg, runtime, runtime.data_dir, new_conversation=new_conversation, pcm_voice=pcm_voice,
+                          language=config.assistant.language, session_idle_s=config.session.idle_timeout_s,
+                          timing=timing)
+    if not xcfg.accounts:
+        log.warning("xiaomi.enabled is on but no accounts are configured; nothing to bridge")
+    bridge.start()
+    return bridge
