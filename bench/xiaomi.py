@@ -147,7 +147,7 @@ async def _measure_step(step: XiaomiStep, cloud: Any, llm: Any, speakers: list[A
     async with start_server(server_overrides(cloud, llm, speakers, opts), echo=opts.server_log) as srv:
         if speakers:
             deadline = time.monotonic() + 60
-            while cloud.count("conversation") < 2 * len(speakers):
+            while not all(cloud.polls.get(sp.device_id, 0) >= 2 for sp in speakers):
                 if time.monotonic() > deadline:
                     step.errors.append("the speakers were not all polled within 60 s")
                     return

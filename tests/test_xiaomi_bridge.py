@@ -90,8 +90,9 @@ async def server(fakes: tuple[FakeXiaomiCloud, FakeOpenAIServer]) -> AsyncIterat
         },
     }
     async with start_server(overrides) as proc:
-        await wait_until(lambda: all(s.commands or cloud.count("conversation") > 20 for s in SPEAKERS.values()),
-                         timeout=20, what="every speaker polled")
+        # A speaker's first poll marks what is already there as history: wait for it everywhere.
+        await wait_until(lambda: all(cloud.polls.get(s.device_id, 0) >= 2 for s in SPEAKERS.values()),
+                         timeout=30, what="every speaker polled")
         yield proc
 
 
@@ -204,10 +205,13 @@ async def test_server_audio_is_served_fetched_and_decoded(server: ServerProcess,
         assert f"127.0.0.1:{server.http_port}/xiaomi/audio/" in event.text
         assert audio_seconds(event.audio) > 0.5  # the speaker fetched real MP3 speech
     # The URLs are not guessable and are gone once expired or unknown.
-    from tests.conftest import http_get
+    import aiohttp
 
-    status, _ = await http_get(f"{server.http_url}/xiaomi/audio/{'A' * 32}.mp3")
-    assert status == 404
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.http_url}/xiaomi/audio/{'A' * 32}.mp3") as r:
+            assert r.status == 404
+        async with http.get(said[0].text) as r:  # still valid: the TTL is minutes
+            assert r.status == 200 and r.headers["Content-Type"] == "audio/mpeg"
     assert sp.overlaps == 0
 
 

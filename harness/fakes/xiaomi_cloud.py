@@ -187,6 +187,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
     logins: list[tuple[str, str, str]] = field(default_factory=list)  # (user, sid, how)
     requests: list[tuple[float, str]] = field(default_factory=list)   # (time, path)
     first_served: dict[str, float] = field(default_factory=dict)      # requestId -> first poll that got it
+    polls: dict[str, int] = field(default_factory=dict)              # speaker deviceID -> conversation polls
     _sessions: dict[str, _Session] = field(default_factory=dict)      # serviceToken -> session
     _pending_sts: dict[str, tuple[str, str, int, str]] = field(default_factory=dict)
     _http: aiohttp.ClientSession | None = None
@@ -458,6 +459,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
             return web.Response(status=401, text="<html><body>401 Unauthorized</body></html>",
                                 content_type="text/html")
         now = time.monotonic()
+        self.polls[sp.device_id] = self.polls.get(sp.device_id, 0) + 1
         upper = int(request.query.get("timestamp") or time.time() * 1000)
         limit = int(request.query.get("limit") or 10)
         visible = [r for at, r in sp.records if at <= now and r["time"] <= upper]
