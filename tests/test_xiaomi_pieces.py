@@ -192,8 +192,8 @@ async def test_silent_mina_model_speaks_through_miot_and_waits_by_estimate(cloud
         ctl = await control(cloud, tmp_path, http, "卧室")
         bedroom = cloud.accounts[USER].speaker("卧室")
         assert ctl.probe() is None  # X08E reports no play status
-        t0 = time.monotonic()
         expected = await ctl.say_text("今天天气很好，适合出去走走。")
+        t0 = time.monotonic()  # the speaker starts talking when the command is through
         assert [e.kind for e in bedroom.events] == ["miot_tts"]
         assert bedroom.commands[0].name == "action 7-3"
         assert await ctl.wait_done(expected, t0) == "estimate"

@@ -337,7 +337,6 @@ class SpeakerEndpoint:
             if first:
                 await ctl.stop_muting()  # no pause may land on our first sentence
                 first = False
-            started = time.monotonic()
             try:
                 if kind == "text":
                     expected = await ctl.say_text(value)
@@ -345,8 +344,9 @@ class SpeakerEndpoint:
                     text, pcm = value
                     rate = self._voice.sample_rate if self._voice is not None else 24000
                     mp3 = await loop.run_in_executor(None, encode_mp3, pcm, rate)
-                    started = time.monotonic()
                     expected = await ctl.play_audio(mp3, len(pcm) / 2 / rate)
+                # Counted from when the command is through: the speaker starts about then.
+                started = time.monotonic()
                 self._spoke = True
                 await ctl.wait_done(expected, started)
             except XiaomiError as exc:
