@@ -65,6 +65,7 @@ class XiaomiBridge:
         self.session_idle_s = session_idle_s
         self.timing = timing
         self.audio_store = AudioStore(ttl_s=config.audio_url_ttl_s)
+        self.audio_base_url = config.audio_base_url
         self.accounts: dict[str, AccountRuntime] = {}
         self.endpoints: list[SpeakerEndpoint] = []
         self.tasks: dict[SpeakerEndpoint, asyncio.Task[None]] = {}
@@ -82,8 +83,11 @@ class XiaomiBridge:
                                                         ConversationApi(account))
         return self.accounts[cfg.user_id]
 
-    def start(self) -> None:
-        """Start every configured speaker (returns at once; the work runs in tasks)."""
+    def start(self, http_port: int | None = None) -> None:
+        """Start every configured speaker (returns at once; the work runs in tasks).
+        `http_port` fills `{http_port}` in audio_base_url (the port the server really bound)."""
+        if http_port is not None:
+            self.audio_base_url = self.audio_base_url.replace("{http_port}", str(http_port))
         for account_cfg in self.config.accounts:
             for speaker_cfg in account_cfg.speakers:
                 self.start_speaker(account_cfg, speaker_cfg)
@@ -97,7 +101,7 @@ class XiaomiBridge:
         endpoint = SpeakerEndpoint(
             cfg=speaker_cfg, account_label=account_cfg.user_id, mina=acc.mina, miot=acc.miot,
             conversations=acc.conversations, speakers=acc.speakers, new_conversation=self.new_conversation,
-            pcm_voice=self.pcm_voice, audio_store=self.audio_store, audio_base_url=cfg.audio_base_url,
+            pcm_voice=self.pcm_voice, audio_store=self.audio_store, audio_base_url=self.audio_base_url,
             language=self.language, poll_interval_s=cfg.poll_interval_s,
             fast_poll_interval_s=cfg.fast_poll_interval_s, fast_poll_window_s=cfg.fast_poll_window_s,
             session_idle_s=self.session_idle_s, timing=self.timing)
@@ -134,9 +138,11 @@ class XiaomiBridge:
 SERVER_AUDIO_RATE = 24000
 
 
-def start_bridge(runtime: Any, *, timing: PlaybackTiming | None = None) -> XiaomiBridge | None:
-    """Build and start the bridge for a running server (None when `xiaomi.enabled` is off).
-    Each speaker's conversations run on the shared runtime: same LLM, tools, plugins, memory."""
+def create_bridge(runtime: Any, *, timing: PlaybackTiming | None = None) -> XiaomiBridge | None:
+    """The bridge for a server's runtime, not started yet (None when `xiaomi.enabled` is off):
+    its audio route must be added to the HTTP app before that starts, and `start` needs the
+    HTTP port. Each speaker's conversations run on the shared runtime: same LLM, tools,
+    plugins and memory as a board."""
     config = runtime.config
     xcfg: XiaomiConfig = config.xiaomi
     if not xcfg.enabled:
@@ -154,10 +160,8 @@ def start_bridge(runtime: Any, *, timing: PlaybackTiming | None = None) -> Xiaom
             conversation.set_device_tools(tools)
         return conversation
 
-    bridge = XiaomiBridge(xcfg, runtime, runtime.data_dir, new_conversation=new_conversation, pcm_voice=pcm_voice,
-                          language=config.assistant.language, session_idle_s=config.session.idle_timeout_s,
-                          timing=timing)
     if not xcfg.accounts:
         log.warning("xiaomi.enabled is on but no accounts are configured; nothing to bridge")
-    bridge.start()
-    return bridge
+    return XiaomiBridge(xcfg, runtime, runtime.data_dir, new_conversation=new_conversation, pcm_voice=pcm_voice,
+                        language=config.assistant.language, session_idle_s=config.session.idle_timeout_s,
+                        timing=timing)
