@@ -63,10 +63,10 @@ async def fakes() -> AsyncIterator[tuple[FakeXiaomiCloud, FakeOpenAIServer]]:
 @pytest.fixture(scope="module")
 async def server(fakes: tuple[FakeXiaomiCloud, FakeOpenAIServer]) -> AsyncIterator[ServerProcess]:
     cloud, llm = fakes
-    openai = {"base_url": llm.base_url, "api_key": "k", "timeout_s": 3, "first_token_timeout_s": 3, "retries": 0}
+    openai = {"base_url": llm.base_url, "api_key": "k", "timeout_s": 3, "retries": 0}
     overrides = {
         "assistant": {"language": "zh"},
-        "llm": {"type": "openai", "model": "fake-model", **openai},
+        "llm": {"type": "openai", "model": "fake-model", "first_token_timeout_s": 3, **openai},
         "tts": {"type": "openai", "model": "tts-1", "voice": "alloy", "response_format": "pcm", **openai},
         "asr": {"type": "openai", "model": "whisper-1", **openai},
         "memory": {"mode": "history", "identities": {BOARD.mac: "lin"}},
@@ -266,7 +266,8 @@ async def test_board_and_speaker_share_memory(server: ServerProcess, fakes: Any)
         await dev.close()
     await asyncio.sleep(0.5)
     cloud.say(sp, "What is my name?")
-    await reply_done(sp, 1)
+    await reply_done(sp, 2)  # the whole reply: the exchange is recorded when the turn ends
+    await asyncio.sleep(0.5)
     request = llm.chat_requests()[-1].body["messages"]
     assert request[-1]["content"] == "What is my name?"
     assert any("My name is Lin." in str(m.get("content")) for m in request[:-1]), request

@@ -30,6 +30,8 @@ class PlaybackTiming:
     pause_s: float = 0.25            # per punctuation mark (the TTS pauses at each)
     tail_s: float = 0.3              # margin: a short gap is better than cutting the sentence off
     min_s: float = 0.6
+    # A played URL starts only once the speaker has fetched and buffered it (not scaled: network).
+    fetch_allowance_s: float = 0.8
     poll_s: float = 0.4              # between status probes
     scale: float = 1.0               # 1 / the model's speech_rate: applied to estimates and polling
     stuck_factor: float = 2.0        # "playing" longer than this times the estimate: stop waiting

@@ -101,7 +101,7 @@ class SpeakerControl:
             await self.mina.play_music(self.device_id, url)
         else:
             await self.mina.play_url(self.device_id, url)
-        return duration_s * self.timing.scale + self.timing.min_s * self.timing.scale
+        return (duration_s + self.timing.tail_s) * self.timing.scale + self.timing.fetch_allowance_s
 
     def _mark_speak(self) -> None:
         if self.first_speak_at is None:
