@@ -338,3 +338,25 @@ async def test_expired_token_relogs_in_and_polling_goes_on(server: ServerProcess
     cloud.say(sp, "令牌过期以后")
     await reply_done(sp, 2)
     assert len(cloud.logins) > logins and cloud.logins[-1][0] == USER_B
+
+
+async def test_speaker_tools_and_plugins_reach_the_llm(server: ServerProcess, fakes: Any) -> None:
+    from harness.fakes.openai_server import ToolCallSpec
+
+    cloud, llm = fakes
+    sp = SPEAKERS["卧室"]
+    reset(sp)
+    llm.chat_script.extend([ChatReply(tool_calls=[ToolCallSpec("speaker_set_volume", {"volume": 30})]),
+                            ChatReply(text="音量已调到三十。")])
+    cloud.say(sp, "把音量调到三十")
+    (said,) = await reply_done(sp, 1)
+    assert said.text == "音量已调到三十。" and sp.volume == 30
+    first, second = llm.chat_requests()[-2:]
+    names = {t["function"]["name"] for t in first.body.get("tools") or []}
+    assert {"speaker_set_volume", "speaker_stop"} <= names
+    assert len(names) > 3  # the plugins' tools are offered too, as on a board
+    assert any(m.get("role") == "tool" and "30" in str(m.get("content")) for m in second.body["messages"])
+
+
+async def test_the_server_log_has_no_tracebacks(server: ServerProcess) -> None:
+    assert "Traceback" not in server.log_text(), server.log_text()[-3000:]
