@@ -251,3 +251,69 @@ async def test_offline_speaker_is_reported(cloud: FakeXiaomiCloud, tmp_path: Pat
         cloud.accounts[USER].speaker("客厅").online = False
         with pytest.raises(SpeakerOffline):
             await ctl.say_text("你好")
+
+
+ISSUE_YAML = """
+xiaomi:
+  enabled: false
+  poll_interval_s: 1.0
+  audio_base_url: ""
+  endpoints:
+    account: https://account.xiaomi.com
+    mina: https://api2.mina.mi.com
+    userprofile: https://userprofile.mina.mi.com
+    miot: https://api.io.mi.com/app
+  accounts:
+    - user_id: "123456789"
+      password: ${MI_PASSWORD:-}
+      pass_token: ${MI_PASS_TOKEN:-}
+      speakers:
+        - match: 客厅
+          mode: keyword
+          keywords: [请, 你, 帮我]
+          continuous: false
+          reply_via: speaker
+          identity: ""
+"""
+
+
+def _config(text: str, env: dict[str, str] | None = None) -> object:
+    import yaml
+
+    from server.config.loader import DEFAULT_CONFIG, deep_merge, expand_env, read_yaml, validate
+
+    return validate(expand_env(deep_merge(read_yaml(DEFAULT_CONFIG), yaml.safe_load(text)), env=env or {}))
+
+
+def test_the_issue_config_validates_as_written() -> None:
+    cfg = _config(ISSUE_YAML, {"MI_PASSWORD": "secret"}).xiaomi  # type: ignore[attr-defined]
+    (account,) = cfg.accounts
+    assert account.user_id == "123456789" and account.password == "secret" and account.pass_token == ""
+    (speaker,) = account.speakers
+    assert (speaker.match, speaker.mode, speaker.reply_via) == ("客厅", "keyword", "speaker")
+    assert speaker.keywords == ["请", "你", "帮我"]
+    assert cfg.poll_interval_s == 1.0 and not cfg.enabled
+    assert _config("{}").xiaomi.accounts == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("        - match: 客厅\n          volume: 3\n", "unknown key"),
+    ("        - match: 客厅\n          mode: sometimes\n", "mode"),
+    ("        - match: 客厅\n          model: {mina_tts: maybe}\n", "mina_tts"),
+])
+def test_bad_xiaomi_config_names_the_key(change: str, message: str) -> None:
+    from server.config.loader import ConfigError
+
+    text = ("xiaomi:\n  accounts:\n    - user_id: 123456789\n      speakers:\n" + change)
+    with pytest.raises(ConfigError, match=message):
+        _config(text)
+
+
+def test_server_audio_needs_a_base_url_and_user_id_must_be_numeric() -> None:
+    from server.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match="audio_base_url"):
+        _config("xiaomi:\n  enabled: true\n  accounts:\n    - user_id: '1234'\n      speakers:\n"
+                "        - {match: x, reply_via: server_audio}\n")
+    with pytest.raises(ConfigError, match="user_id"):
+        _config("xiaomi:\n  accounts:\n    - user_id: 'lin@example.com'\n")

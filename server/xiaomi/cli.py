@@ -80,7 +80,7 @@ def print_speakers(speakers: list[Speaker], out: object = None) -> None:
         elif not s.profile.mina_tts:
             say("     note: its MiNA TTS is silent; the bridge speaks with the MIoT action "
                 f"{s.profile.tts_action[0]}-{s.profile.tts_action[1]} (自动使用 MIoT 播报)")
-        say(f"     config.yaml:  - match: {m.name}")
+        say(f"     config.yaml:  - match: {m.name}    (memory identity / 记忆身份: xiaomi-{m.device_id})")
     say()
     say("Put `match:` under xiaomi.accounts[].speakers in your config (name, alias, deviceID or did). "
         "在配置文件 xiaomi.accounts[].speakers 中填写 match。")

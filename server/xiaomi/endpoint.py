@@ -47,7 +47,6 @@ POLL_LIMIT = 5
 # The conversation API's `timestamp` is an upper bound on record times; asking a little into the
 # future keeps a speaker whose clock runs ahead of ours from hiding its newest records.
 CURSOR_AHEAD_MS = 10 * 60 * 1000
-# A query this long after the previous one starts a new conversation (fresh memory view).
 MAX_POLL_BACKOFF_S = 300.0
 
 
@@ -198,6 +197,7 @@ class SpeakerEndpoint:
                 for record in records_filter.new(records):
                     await self.on_query(record)
             now = time.monotonic()
+            await self._close_if_idle(now)
             await asyncio.sleep(max(0.0, self.interval(now) - (now - t0)))
 
     async def on_query(self, record: ConversationRecord) -> None:
@@ -219,6 +219,14 @@ class SpeakerEndpoint:
             conversation.say(GOODBYE.get(self.language, GOODBYE["en"]))
             return
         conversation.ask(decision.text)
+
+    async def _close_if_idle(self, now: float) -> None:
+        """End a conversation nobody used for a while, as a board's session ends: its memory
+        is summarized now rather than whenever the next query comes."""
+        c = self.conversation
+        if c is not None and not c.busy and now - self._last_activity > self.session_idle_s:
+            self.conversation = None
+            await c.close()
 
     async def _conversation_for(self, now: float) -> Conversation:
         """The current conversation, or a new one after a long pause (it then loads the memory
