@@ -21,6 +21,7 @@ sampled uniformly over the interval rather than always landing just after (or be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -52,6 +53,7 @@ class XiaomiStep:
     cpu_percent: float | None = None
     polls_per_s: float | None = None
     window_s: float | None = None
+    rss_after_turns_mb: float | None = None  # after the latency rounds (each speaker has had turns)
     visible_to_speak_ms: dict[str, Any] = field(default_factory=dict)
     visible_to_poll_ms: dict[str, Any] = field(default_factory=dict)
     poll_to_speak_ms: dict[str, Any] = field(default_factory=dict)
@@ -135,7 +137,8 @@ async def run_xiaomi(opts: XiaomiOptions, console: Console) -> XiaomiResult:
             except RuntimeError as exc:
                 step.errors.append(f"server: {' '.join(str(exc).split())[:300]}")
                 console.log(f"server failed: {str(exc).splitlines()[0]}")
-    result.notes.append("CPU 100 % = one core; RSS of the server process at the end of the idle window")
+    result.notes.append("CPU 100 % = one core, mean over the idle window; RSS of the server process at the end "
+                        "of the idle window, and again after the latency rounds")
     return result
 
 
@@ -169,6 +172,10 @@ async def _measure_step(step: XiaomiStep, cloud: Any, llm: Any, speakers: list[A
                     f"{step.polls_per_s} polls/s")
         if speakers:
             await _latency(step, cloud, speakers, opts, console)
+            with contextlib.suppress(Exception):
+                import psutil
+
+                step.rss_after_turns_mb = round(psutil.Process(srv.pid).memory_info().rss / MB, 1)
 
 
 async def _latency(step: XiaomiStep, cloud: Any, speakers: list[Any], opts: XiaomiOptions, console: Console) -> None:
@@ -220,12 +227,14 @@ def render(result: XiaomiResult) -> str:
     o = result.options
     lines = [f"Xiaomi bridge against the fake cloud (poll interval {o.poll_interval_s:g} s, fake LLM TTFT "
              f"{o.ttft_ms:g} ms, {o.rounds} rounds)",
-             f"{'speakers':>8} {'RSS MB':>8} {'CPU %':>7} {'polls/s':>8} {'vis->speak p50/p95/max ms':>27} "
+             f"{'speakers':>8} {'RSS MB':>8} {'after':>7} {'CPU %':>7} {'polls/s':>8} "
+             f"{'vis->speak p50/p95/max ms':>27} "
              f"{'vis->poll p50':>14} {'poll->speak p50':>16}  goal"]
     for s in result.steps:
         v, p, q = s.visible_to_speak_ms, s.visible_to_poll_ms, s.poll_to_speak_ms
         lat = f"{v.get('p50')}/{v.get('p95')}/{v.get('max')}" if v else "-"
-        lines.append(f"{s.speakers:>8} {s.rss_mb!s:>8} {s.cpu_percent!s:>7} {s.polls_per_s!s:>8} {lat:>27} "
+        lines.append(f"{s.speakers:>8} {s.rss_mb!s:>8} {s.rss_after_turns_mb!s:>7} {s.cpu_percent!s:>7} "
+                     f"{s.polls_per_s!s:>8} {lat:>27} "
                      f"{p.get('p50', '-')!s:>14} {q.get('p50', '-')!s:>16}  {s.within_goal or '-'}"
                      + (f"  missed {s.missed}" if s.missed else "") + (f"  errors: {s.errors}" if s.errors else ""))
     inc = result.increments()
