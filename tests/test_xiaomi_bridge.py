@@ -242,14 +242,17 @@ async def test_continuous_mode_wakes_the_speaker_and_follows_up(server: ServerPr
 
 async def test_two_speakers_and_two_accounts_answer_at_the_same_time(server: ServerProcess, fakes: Any) -> None:
     cloud, llm = fakes
-    a, b = SPEAKERS["卧室"], SPEAKERS["儿童房"]
-    reset(a)
-    reset(b)
+    a, b, c = SPEAKERS["卧室"], SPEAKERS["客厅"], SPEAKERS["儿童房"]  # a and b: one account; c: another
+    for sp in (a, b, c):
+        reset(sp)
     cloud.say(a, "卧室的问题")
-    cloud.say(b, "儿童房的问题")
-    said_a, said_b = await asyncio.gather(reply_done(a, 2), reply_done(b, 2))
-    assert "卧室的问题" in said_a[0].text and "儿童房的问题" in said_b[0].text
-    assert abs(said_a[0].start - said_b[0].start) < 1.0  # neither waited for the other
+    cloud.say(b, "请回答客厅的问题")
+    cloud.say(c, "儿童房的问题")
+    said = await asyncio.gather(reply_done(a, 2), reply_done(b, 2), reply_done(c, 2))
+    for events, query in zip(said, ("卧室的问题", "请回答客厅的问题", "儿童房的问题"), strict=True):
+        assert query in events[0].text  # each speaker got the answer to its own question
+    starts = [events[0].start for events in said]
+    assert max(starts) - min(starts) < 1.0  # nobody waited for another's reply
 
 
 async def test_board_and_speaker_share_memory(server: ServerProcess, fakes: Any) -> None:
