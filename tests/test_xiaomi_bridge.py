@@ -176,6 +176,18 @@ async def test_always_mode_silent_model_speaks_by_miot_with_estimated_waits(serv
     assert sp.overlaps == 0  # no play status on this model: the estimates kept sentences apart
 
 
+async def test_always_mode_leaves_music_and_device_commands_to_xiaoai(server: ServerProcess, fakes: Any) -> None:
+    cloud, llm = fakes
+    sp = SPEAKERS["卧室"]
+    reset(sp)
+    chats = len(llm.chat_requests())
+    music = [{"type": "TTS", "tts": {"text": "好的"}}, {"type": "AUDIO", "audio": {"audioInfoList": []}}]
+    cloud.say(sp, "播放周杰伦的歌", answers=music)
+    cloud.say(sp, "音量调大一点", answers=[])
+    await asyncio.sleep(1.2)
+    assert len(llm.chat_requests()) == chats and sp.commands == []
+
+
 async def test_records_from_before_the_start_and_repeats_are_ignored(server: ServerProcess, fakes: Any) -> None:
     cloud, llm = fakes
     sp = SPEAKERS["卧室"]

@@ -5,6 +5,7 @@ cloud (muting XiaoAi, speaking per model, waking)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from harness.fakes.net_guard import block_internet
 from harness.fakes.xiaomi_cloud import FakeSpeaker, FakeXiaomiCloud, audio_seconds
 from server.xiaomi.account import Endpoints, XiaomiAccount
 from server.xiaomi.audio_store import AudioStore, encode_mp3
-from server.xiaomi.conversation import ConversationRecord
+from server.xiaomi.conversation import ConversationRecord, parse_records
 from server.xiaomi.devices import find_speaker, list_speakers
 from server.xiaomi.http import new_http_session
 from server.xiaomi.mina import MinaService
@@ -48,10 +49,23 @@ def test_keyword_mode_answers_only_keyword_queries() -> None:
     assert p.decide("   ", 0).action == "ignore"
 
 
-def test_always_mode_answers_everything() -> None:
+def test_always_mode_answers_everything_xiaoai_did_not_act_on() -> None:
     p = policy("always")
     assert p.decide("打开客厅灯", 0).action == "answer"
     assert p.decide("退出", 0).action == "answer"  # no conversation to exit: just a query
+    assert p.decide("播放周杰伦的歌", 0, xiaoai_acted=True).action == "ignore"  # XiaoAi plays it
+    assert p.decide("请播放周杰伦的歌", 0, xiaoai_acted=True).action == "answer"  # asked for us
+
+
+def test_records_tell_what_xiaoai_did() -> None:
+    music = parse_records(json.dumps({"records": [
+        {"time": 1, "query": "播放音乐", "requestId": "a", "answers": [
+            {"type": "TTS", "tts": {"text": "好的"}}, {"type": "AUDIO", "audio": {"audioInfoList": []}}]},
+        {"time": 2, "query": "音量调大", "requestId": "b", "answers": []},
+        {"time": 3, "query": "讲个笑话", "requestId": "c", "answers": [{"type": "LLM", "llm": {"text": "从前"}}]},
+    ]}))
+    assert [r.xiaoai_acted for r in music] == [True, True, False]
+    assert music[2].answer_text == "从前"
 
 
 def test_continuous_mode_followups_exit_and_timeout() -> None:

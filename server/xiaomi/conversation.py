@@ -36,6 +36,12 @@ class ConversationRecord:
                    query=str(r.get("query", "")).strip(), answer_types=types, answer_text=text)
 
     @property
+    def xiaoai_acted(self) -> bool:
+        """XiaoAi did something itself: played media (an AUDIO answer) or executed a device
+        command (no answer at all, e.g. a volume change). `always` mode leaves these alone."""
+        return not self.answer_types or "AUDIO" in self.answer_types
+
+    @property
     def key(self) -> str:
         """Identity for de-duplication: the request id, or the time when there is none."""
         return self.request_id or f"t{self.time_ms}:{self.query}"

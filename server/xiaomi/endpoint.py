@@ -204,7 +204,7 @@ class SpeakerEndpoint:
         """A new record: decide, mute XiaoAi, and start (or end) a turn."""
         assert self.control is not None
         now = time.monotonic()
-        decision = self.policy.decide(record.query, now)
+        decision = self.policy.decide(record.query, now, record.xiaoai_acted)
         log.info("[%s] heard %r -> %s", self.tag, record.query, decision.action)
         if decision.action == "ignore":
             # XiaoAi answers this one; if we were still talking, the user moved on.

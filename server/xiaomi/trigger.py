@@ -2,7 +2,8 @@
 
 - mode `keyword`: a query that starts with one of the keywords (请 / 你 / 帮我 ...) is ours;
   everything else stays with XiaoAi (timers, music, smart-home commands it does well).
-- mode `always`: every query is ours.
+- mode `always`: every query is ours, except those XiaoAi already acted on (music it started, a
+  device command it ran) without a keyword.
 - continuous: after our answer the speaker is woken again; until an exit phrase or
   `followup_timeout_s` without a query, every query is ours whatever the mode.
 
@@ -40,7 +41,9 @@ class TriggerPolicy:
     exit_phrases: tuple[str, ...]
     in_followup_until: float = 0.0  # clock time until which a follow-up needs no keyword
 
-    def decide(self, query: str, now: float) -> Decision:
+    def decide(self, query: str, now: float, xiaoai_acted: bool = False) -> Decision:
+        """`xiaoai_acted`: XiaoAi already played media or ran a device command for this query;
+        without a keyword we do not answer it again on top."""
         text = query.strip()
         if text.startswith(WAKE_WORD):  # "小爱同学，请..." as one record
             text = text[len(WAKE_WORD):].lstrip("，,。 ")
@@ -50,10 +53,12 @@ class TriggerPolicy:
         if following and _plain(text) in {_plain(p) for p in self.exit_phrases}:
             self.in_followup_until = 0.0
             return Decision("exit", text)
-        if following or self.mode == "always":
-            return Decision("answer", text)
         lowered = text.lower()
         if any(lowered.startswith(k.lower()) for k in self.keywords):
+            return Decision("answer", text)
+        if xiaoai_acted:
+            return Decision("ignore")
+        if following or self.mode == "always":
             return Decision("answer", text)
         # XiaoAi handles it; in continuous mode that also ends our conversation.
         self.in_followup_until = 0.0
