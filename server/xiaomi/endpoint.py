@@ -195,7 +195,12 @@ class SpeakerEndpoint:
                 records_filter = RecordFilter.primed(records, started_ms=int(time.time() * 1000) - 5000)
             else:
                 for record in records_filter.new(records):
-                    await self.on_query(record)
+                    try:
+                        await self.on_query(record)
+                    except XiaomiError as exc:
+                        log.warning("[%s] handling %r failed: %s", self.tag, record.query, exc)
+                    except Exception:  # noqa: BLE001 - one bad query must not end this speaker's bridge
+                        log.exception("[%s] handling %r failed", self.tag, record.query)
             now = time.monotonic()
             await self._close_if_idle(now)
             await asyncio.sleep(max(0.0, self.interval(now) - (now - t0)))
