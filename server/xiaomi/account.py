@@ -92,6 +92,7 @@ class XiaomiAccount:
         self.backoff = Backoff()
         self._tokens: AccountTokens | None = None
         self._loaded = False
+        self._device_id: str | None = None
         self._lock = asyncio.Lock()
         self.logins = 0  # completed logins (tests and logs)
 
@@ -99,11 +100,16 @@ class XiaomiAccount:
 
     @property
     def device_id(self) -> str:
-        return self.store.device_id()
+        """The login device id (read, or created once, from its own file; then kept in memory)."""
+        if self._device_id is None:
+            self._device_id = self.store.device_id()
+        return self._device_id
 
     async def _state(self) -> AccountTokens:
         if not self._loaded:
+            # File work off the event loop: many speakers share it.
             self._tokens = await asyncio.to_thread(self.store.load_tokens)
+            self._device_id = await asyncio.to_thread(self.store.device_id)
             self._loaded = True
         if self._tokens is None:
             self._tokens = AccountTokens(user_id=self.user_id)
