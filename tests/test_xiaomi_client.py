@@ -398,3 +398,17 @@ async def test_cli_wrong_password_and_verification(cloud: FakeXiaomiCloud, tmp_p
     assert device_id in err
     code, _, err = await _cli(cloud, tmp_path, "login", "--user-id", "138xxxx", "--stdin", stdin="x\n")
     assert code == 2 and "小米ID" in err
+
+
+async def test_cli_pass_token_login(cloud: FakeXiaomiCloud, tmp_path: Path) -> None:
+    code, _, err = await _cli(cloud, tmp_path, "login", "--user-id", USER, "--stdin", stdin=PASSWORD + "\n")
+    assert code == 0, err
+    tokens = tmp_path / "data" / "xiaomi" / USER / "tokens.json"
+    pass_token = json.loads(tokens.read_text())["pass_token"]
+    tokens.unlink()  # a new machine with the same data/xiaomi/<id>/device_id, and only a passToken
+    cloud.logins.clear()
+    code, out, err = await _cli(cloud, tmp_path, "login", "--user-id", USER, "--pass-token", "--stdin",
+                                stdin=pass_token + "\n")
+    assert code == 0, err
+    assert cloud.logins == [(USER, "micoapi", "pass_token"), (USER, "xiaomiio", "pass_token")]
+    assert "客厅" in out
