@@ -309,8 +309,9 @@ class SpeakerEndpoint:
     async def reply_interrupted(self, turn: Turn, why: str) -> None:
         spoke = self._spoke
         await self._stop_player()
-        if spoke and why != "replaced" and self.control is not None:
-            # Our voice would go on talking over whatever comes next.
+        if spoke and why not in ("replaced", "xiaoai") and self.control is not None:
+            # Our voice would go on talking over whatever comes next. (Not when XiaoAi took the
+            # turn: its own answer is what plays now.)
             with contextlib.suppress(XiaomiError):
                 await self.control.stop()
 
