@@ -162,6 +162,22 @@ async def test_keyword_mode_mutes_xiaoai_and_streams_sentences(server: ServerPro
     assert record["requestId"]
 
 
+async def test_xiaoai_taking_over_ends_our_reply(server: ServerProcess, fakes: Any) -> None:
+    cloud, llm = fakes
+    sp = SPEAKERS["客厅"]
+    reset(sp)
+    llm.chat_script.append(ChatReply(chunks=["第一句。", "第二句。", "第三句。", "第四句。"], chunk_delay_s=1.0))
+    cloud.say(sp, "请讲个长故事")
+    await wait_until(lambda: len(ours(sp)) >= 1, what="our first sentence")
+    cloud.say(sp, "现在几点", native_answer="现在是下午四点")  # not ours: the user moved on
+    n = len(sp.commands)
+    await asyncio.sleep(3.5)
+    assert len(ours(sp)) < 4  # the rest of our reply was dropped
+    assert not [c for c in sp.commands[n:] if c.name in ("text_to_speech", "player_play_operation")]
+    native = [e for e in sp.events if e.kind == "native"][-1]
+    assert native.text == "现在是下午四点" and native.cut_at is None  # XiaoAi's answer is left alone
+
+
 async def test_always_mode_silent_model_speaks_by_miot_with_estimated_waits(server: ServerProcess,
                                                                             fakes: Any) -> None:
     cloud, llm = fakes
