@@ -191,6 +191,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
     _sessions: dict[str, _Session] = field(default_factory=dict)      # serviceToken -> session
     _pending_sts: dict[str, tuple[str, str, int, str]] = field(default_factory=dict)
     _http: aiohttp.ClientSession | None = None
+    _fetches: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- test control ----------------------------------------------------------------------------
 
@@ -413,7 +414,9 @@ class FakeXiaomiCloud(FakeHTTPServer):
                 url = music["payload"]["audio_items"][0]["stream"]["url"]
             silent = method == "player_play_url" and not model.play_url_works
             event = sp._play("silent_url" if silent else "url", url, 3600)
-            asyncio.get_running_loop().create_task(self._fetch_audio(event))  # noqa: RUF006 - logged in event
+            task = asyncio.get_running_loop().create_task(self._fetch_audio(event))
+            self._fetches.add(task)  # referenced until done, or it could be collected mid-flight
+            task.add_done_callback(self._fetches.discard)
             return self._ok()
         if method == "player_get_play_status":
             current = sp.current()
