@@ -40,6 +40,8 @@ fake providers (the tester starts the server and points it at fakes running in t
                  then --fake-tokens-per-s (separates the server's own overhead from model speed)
   --fake-edge    TTS: type edge against the fake Edge service (real MP3 of espeak-ng speech)
   --fake-tools   like --fake-llm, but each question first calls the device's volume tool
+  --fake-asr     ASR: type openai against the fake's /audio/transcriptions (--fake-asr-ms)
+  --fake-tts     TTS: type openai against the fake's /audio/speech (espeak-ng pcm)
 
 examples:
   python performance_tester.py                          # components + 1 device x 3 questions
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompts", type=int, default=3, metavar="K", help="spoken questions per device (default 3)")
     e.add_argument("--stagger-ms", type=int, default=200, metavar="MS",
                    help="delay between device starts, so they do not all finish speaking together (default 200)")
+    e.add_argument("--typed", type=int, default=0, metavar="K",
+                   help="typed questions per device after the spoken ones (listen detect text): their first "
+                        "reply frame, without the silence window and ASR, is reported next to the spoken one")
     e.add_argument("--no-abort", action="store_true", help="skip the abort trial each device runs after its questions")
     e.add_argument("--turn-timeout", type=float, default=60.0, metavar="S",
                    help="give up on a turn after this many seconds (default 60)")
@@ -105,13 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ramp-start", type=int, default=1, metavar="N", help="ramp: first device count (default 1)")
     e.add_argument("--ramp-step", type=int, default=1, metavar="N", help="ramp: devices added per step (default 1)")
     e.add_argument("--ramp-max", type=int, default=16, metavar="N", help="ramp: last device count tried (default 16)")
+    e.add_argument("--ramp-jitter-ms", type=float, metavar="MS",
+                   help="ramp: a step also needs reply-frame jitter p95 at or under MS and no playback stall "
+                        "(default: latency only)")
 
     i = p.add_argument_group("idle devices (--idle)")
     i.add_argument("--idle-settle", type=float, default=5.0, metavar="S",
                    help="seconds to wait at each step before reading RSS; CPU is averaged over them (default 5)")
-    i.add_argument("--idle-audio", choices=("silence", "none"), default="silence",
+    i.add_argument("--idle-audio", choices=("silence", "room", "none"), default="silence",
                    help="what an idle device sends after listen start: silence = 60 ms Opus frames of silence "
-                        "in real time, like a listening firmware's microphone (default); none = nothing")
+                        "in real time, like a listening firmware's microphone (default); room = the same with "
+                        "room noise at -50 dBFS (generated); none = nothing")
+    i.add_argument("--idle-talk", action="store_true",
+                   help="with --e2e: run the e2e turns twice, on the empty server first and then while the --idle "
+                        "devices keep listening, and report the first-reply ratio")
 
     f = p.add_argument_group("fake providers (not with --url: the tester starts the server)")
     f.add_argument("--fake-llm", action="store_true",
@@ -124,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fake-edge", action="store_true",
                    help="point the server's tts (type edge, via its endpoint setting) at the fake Edge service "
                         "from harness/fakes: real MP3 of espeak-ng speech over the Edge wire format")
+    f.add_argument("--fake-asr", action="store_true",
+                   help="point the server's asr (type openai) at the fake OpenAI server's /audio/transcriptions: "
+                        "it answers a fixed question after --fake-asr-ms (remote-style ASR, no local model)")
+    f.add_argument("--fake-asr-ms", type=float, default=200.0, metavar="MS",
+                   help="the fake ASR's time to answer (default 200)")
+    f.add_argument("--fake-tts", action="store_true",
+                   help="point the server's tts (type openai, pcm) at the fake OpenAI server's /audio/speech "
+                        "(espeak-ng speech, cached per sentence)")
     f.add_argument("--fake-tools", action="store_true",
                    help="implies --fake-llm; every question first gets a call of the device tool "
                         "self_audio_speaker_set_volume, then the answer: measures the tool-call round")
@@ -180,7 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.fake_llm = True
     if uses_fakes(args):
         if args.url:
-            parser.error("--fake-llm/--fake-edge/--fake-tools configure the server the tester starts: drop --url")
+            parser.error("--fake-* options configure the server the tester starts: drop --url")
         if args.fake_ttft_ms < 0 or args.fake_tokens_per_s <= 0:
             parser.error("--fake-ttft-ms must be >= 0 and --fake-tokens-per-s > 0")
     args.languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
@@ -193,7 +213,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def uses_fakes(args: argparse.Namespace) -> bool:
-    return bool(args.fake_llm or args.fake_edge or args.fake_tools)
+    return bool(args.fake_llm or args.fake_edge or args.fake_tools or args.fake_asr or args.fake_tts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +287,8 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fakes = BenchFakes(FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
-                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language))
+                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
+                                   asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts))
     try:
         await fakes.start()
         # The fakes' ports are known only now: merge their sections over the user's override
@@ -387,7 +408,7 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
                     overrides: dict[str, Any]) -> None:
     from bench.components import run_components
     from bench.e2e import E2EOptions, E2EResult, run_e2e
-    from bench.idle import IdleOptions, IdleResult, run_idle
+    from bench.idle import IdleFleet, IdleOptions, IdleResult, run_idle
     from bench.load import RampOptions, RampResult, run_ramp
 
     if args.components:
@@ -404,22 +425,32 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
         await run_components(config, ROOT, args.only or KINDS, options, console, run.components)
     if not (args.e2e or args.ramp or args.idle):
         return
-    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms,
+    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms, typed=args.typed,
                           abort_trial=not args.no_abort, turn_timeout_s=args.turn_timeout,
                           language=config.assistant.language)
     try:
         async with target(args, overrides, console) as tgt:
+            fleet = IdleFleet() if args.idle and args.idle_talk and args.e2e else None
+            if fleet is not None:
+                # The same turns on the empty server first, for the with/without comparison.
+                run.e2e_empty = E2EResult(e2e_opts, tgt)
+                await run_e2e(tgt, e2e_opts, console, run.e2e_empty, label="e2e, empty server")
             if args.idle:
                 # First, on the fresh server: the turns of the other modes would leave memory behind.
                 run.idle = IdleResult(IdleOptions(devices=args.idle, settle_s=args.idle_settle,
                                                   audio=args.idle_audio), tgt)
-                await run_idle(tgt, run.idle.options, console, run.idle)
-            if args.e2e:
-                run.e2e = E2EResult(e2e_opts, tgt)
-                await run_e2e(tgt, e2e_opts, console, run.e2e)
+                await run_idle(tgt, run.idle.options, console, run.idle, fleet)
+            try:
+                if args.e2e:
+                    run.e2e = E2EResult(e2e_opts, tgt)
+                    label = f"e2e, {args.idle} devices listening" if fleet is not None else "e2e"
+                    await run_e2e(tgt, e2e_opts, console, run.e2e, label=label)
+            finally:
+                if fleet is not None:
+                    await fleet.close()
             if args.ramp:
                 ramp_opts = RampOptions(start=args.ramp_start, step=args.ramp_step, max_devices=args.ramp_max,
-                                        threshold_ms=args.threshold_ms)
+                                        threshold_ms=args.threshold_ms, jitter_ms=args.ramp_jitter_ms)
                 run.ramp = RampResult(ramp_opts)
                 await run_ramp(tgt, ramp_opts, dataclasses.replace(e2e_opts, abort_trial=False), console, run.ramp)
     except RuntimeError as exc:  # start_server: the server exited or never became ready

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 from server.devices.mcp_client import DeviceToolsConfig
 from server.memory.manager import MemoryConfig
@@ -165,10 +165,12 @@ class AppConfig(Strict):
     # list of them, a fallback chain). The loader validates each against the chosen provider's
     # Settings model and builds AppConfig from those models (see loader.validate). None only in
     # a config built in code without providers (tests that bring their own).
-    vad: ProviderSettings | None = None
-    asr: ProviderSettings | list[ProviderSettings] | None = None
-    llm: ProviderSettings | list[ProviderSettings] | None = None
-    tts: ProviderSettings | list[ProviderSettings] | None = None
+    # SerializeAsAny: a dump (the benchmark records the config) keeps each provider's own keys,
+    # not only the base class's `type`.
+    vad: SerializeAsAny[ProviderSettings] | None = None
+    asr: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
+    llm: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
+    tts: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
 
     def provider(self, kind: str) -> ProviderSettings | list[ProviderSettings]:
         """The validated settings of a provider section, or a list of them (fallback chain)."""

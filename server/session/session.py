@@ -45,6 +45,7 @@ from server.session.device import Connection, DeviceInfo
 from server.session.downlink import Downlink
 from server.session.listener import Utterance
 from server.session.ratelog import RateLimitedLog
+from server.session.speculation import Speculator
 from server.session.uplink import Uplink
 
 log = logging.getLogger("server.session")
@@ -76,6 +77,8 @@ class Session:
         self.uplink = Uplink(services.vad, services.asr, services.metrics, max_utterance_s=cfg.session.max_utterance_s,
                              queue_frames=cfg.session.uplink_queue_frames, tag=self.tag, warn=self._warn,
                              on_utterance=self._on_utterance, on_speech=self._on_speech, on_wake=self._on_wake_word)
+        self.speculator = Speculator(self.conversation, self.uplink.listener,
+                                     enabled=bool(getattr(services.vad.settings, "speculate", False)))
         self.device_tools: McpDeviceTools | None = None  # once the device announced MCP
         self.iot_tools: DeviceTools | None = None  # once a legacy device sent descriptors
 
@@ -305,9 +308,11 @@ class Session:
     def _on_utterance(self, utterance: Utterance) -> None:
         if utterance.asr_task is not None:
             self.services.metrics.count("early_asr_used")
-        self.start_turn("voice", audio=utterance.audio, asr_task=utterance.asr_task,
-                        metrics=TurnMetrics(speech_end_arrival=utterance.speech_end_arrival,
-                                            endpoint=utterance.endpoint))
+        metrics = TurnMetrics(speech_end_arrival=utterance.speech_end_arrival, endpoint=utterance.endpoint)
+        if self.speculator.take(utterance, metrics):
+            self.last_activity = time.monotonic()
+            return  # the reply started during the silence window answers it
+        self.start_turn("voice", audio=utterance.audio, asr_task=utterance.asr_task, metrics=metrics)
 
     def _on_speech(self, arrival: float) -> None:
         self.last_activity = arrival
