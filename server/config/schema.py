@@ -17,6 +17,7 @@ from server.memory.manager import MemoryConfig
 from server.pairing.config import PairingConfig
 from server.providers.base import ProviderSettings
 from server.tools.remote_mcp.config import McpServerConfig
+from server.xiaomi.config import XiaomiConfig
 
 
 class Strict(BaseModel):
@@ -201,6 +202,8 @@ class AppConfig(Strict):
     # External MCP servers by name (server.tools.remote_mcp.config; the loader validates them
     # with errors that name the server).
     mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    # XiaoAi speakers through the Xiaomi cloud (server/xiaomi/).
+    xiaomi: XiaomiConfig = Field(default_factory=XiaomiConfig)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: in config.yaml a mapping with `type` plus that provider's own keys (or a
