@@ -26,3 +26,6 @@ class DeviceConfig:
     tools: Sequence[McpTool] | None = None  # replaces the default MCP tools
     extra_tools: Sequence[McpTool] = ()  # appended after the default tools
     volume: int = 70
+    # Source address of the device's connections (e.g. 127.0.0.7: another "host" on the
+    # loopback network, for per-address limits); empty: the OS picks.
+    local_address: str = ""
