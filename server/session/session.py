@@ -19,11 +19,15 @@ from collections.abc import AsyncIterable, Awaitable
 from typing import Any
 
 from server.audio.opus import OpusDecoder
+from server.audio.silence import silence_frames
 from server.memory.manager import SessionMemory
 from server.pipeline.dialogue import Dialogue, build_context, system_prompt
 from server.pipeline.phrases import phrase
+from server.pipeline.prompt_budget import PromptBudget
 from server.pipeline.responder import Responder
 from server.pipeline.segmenter import SegmenterConfig
+from server.pipeline.tool_access import no_tools_rule
+from server.pipeline.wake_words import WakeWords
 from server.protocol import (
     Abort,
     FramingError,
@@ -55,6 +59,10 @@ _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
 BARGE_IN_MS = 300
 # Audio the firmware replays before `listen detect` (its wake word); we keep about this much.
 WAKE_AUDIO_S = 2.5
+# After a `tts stop` in auto mode the firmware (once its queue drained, <= 2.4 s) and py-xiaozhi
+# (at once) send `listen start` again: within this window that one is routine, not the user
+# taking the floor.
+RELISTEN_WINDOW_S = 4.0
 
 
 def normalize(text: str) -> str:
@@ -119,12 +127,16 @@ class Session:
                                   cfg.audio_out.prebuffer_frames)
         self.current_turn: Turn | None = None
         self._turn_seq = 0
+        # `tts stop` of a turn replaced by a new one: the new turn waits until it went out.
+        self._replaced_stop: asyncio.Task[Any] | None = None
+        self._relisten_expected_until = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.last_activity = time.monotonic()
         self.tts_start_time = 0.0
         self._warn = RateLimitedLog()
         self._exit_phrases = {normalize(p) for p in cfg.session.exit_phrases}
-        self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+        self.wake_words = WakeWords(cfg.session.wake_words)
+        self.prompt_budget = PromptBudget.for_llm(services.llm, self.tag)
 
         # memory, persona and tools
         memory = services.memory
@@ -273,7 +285,20 @@ class Session:
                 return
             turn.tts_stopped = True
             turn.metrics.tts_stop_sent = time.monotonic()
+        if self.mode == "auto":
+            self._relisten_expected_until = time.monotonic() + RELISTEN_WINDOW_S
         await self.send_json({"type": "tts", "state": "stop"})
+
+    async def send_stop_grace(self, turn: Turn) -> None:
+        """The quiet tail before `tts stop` (audio_out.tts_stop_grace_ms, docs/tts-stop-grace.md):
+        clients that play late and clear their buffer on stop still play the real end."""
+        a = self.services.config.audio_out
+        if not turn.metrics.frames_sent:
+            return
+        for packet in silence_frames(a.tts_stop_grace_ms, sample_rate=a.sample_rate,
+                                     frame_ms=a.frame_duration_ms, bitrate=a.bitrate):
+            if not await self.output.send_frame(turn, packet):
+                return
 
     def _on_send_failed(self, exc: Exception) -> None:
         if not self.closed:
@@ -387,7 +412,7 @@ class Session:
     def responder(self, on_first_token: Any = None) -> Responder:
         cfg = self.services.config.intent
         return Responder(self.services.llm, self.toolbox, mode=cfg.mode, max_rounds=cfg.max_tool_rounds,
-                         language=self.language, on_first_token=on_first_token)
+                         language=self.language, on_first_token=on_first_token, budget=self.prompt_budget)
 
     async def build_messages(self, user_text: str) -> list[ChatMessage]:
         """System prompt (persona), context (time, memory, device), history and the new text."""
@@ -415,6 +440,11 @@ class Session:
         capabilities = ([spec.description.split(".")[0] for spec in self.device_tools.specs()]
                         if self.device_tools is not None else [])
         system = system_prompt(persona or cfg.assistant.prompt, cfg.assistant.name, self.language)
+        if not self.responder().can_act():
+            # No tool can run this turn: say so, and do not list what the device could do (the
+            # model read that list as things it had done).
+            system = f"{system} {no_tools_rule(self.language)}"
+            capabilities = []
         context = build_context(self.language, summary=summary, capabilities=capabilities[:12])
         return self.dialogue.messages(system, user_text, context=context,
                                       token_budget=cfg.assistant.history_token_budget)
@@ -427,17 +457,35 @@ class Session:
     async def _on_listen(self, msg: Listen) -> None:
         self.last_activity = time.monotonic()
         if msg.state == "start":
+            if self._takes_the_floor():
+                # py-xiaozhi's `r` (manual listen start) while a reply plays: the client is
+                # listening now. Stop the reply without a `tts stop`, which would move a
+                # manual-mode client from listening to idle and lose the user's recording.
+                turn = self.current_turn
+                if turn is not None and self._interrupt("listen start during the reply"):
+                    turn.tts_stopped = True
             self._enqueue("start", msg.mode)
         elif msg.state == "stop":
             self._enqueue("stop", None)
         elif msg.state == "detect":
             text = (msg.text or "").strip()
-            if not text or normalize(text) in self._wake_words:
+            if not text or self.wake_words.is_wake_word(text):
                 self._enqueue("wake", text)
             else:
                 # Typed chat (py-xiaozhi, browser test pages): a turn of its own, right away.
                 self._enqueue("reset", None)
                 self.start_turn("text", text=text)
+
+    def _takes_the_floor(self) -> bool:
+        """A `listen start` while the current turn is speaking is the user taking the floor,
+        unless it is the routine one a client sends after our `tts stop` in auto mode."""
+        turn = self.current_turn
+        if turn is None or not turn.active or not turn.tts_started or turn.tts_stopped:
+            return False
+        if time.monotonic() < self._relisten_expected_until:
+            self._relisten_expected_until = 0.0
+            return False
+        return True
 
     def _on_wake_word(self, word: str) -> None:
         log.info("[%s] wake word %r (%.1f s of wake audio discarded)", self.tag, word,
@@ -456,7 +504,11 @@ class Session:
     def start_turn(self, kind: TurnKind, *, audio: bytes = b"", text: str = "",
                    metrics: TurnMetrics | None = None, close_after: bool = False,
                    asr_task: asyncio.Task[Any] | None = None) -> Turn:
-        self._interrupt("new turn")
+        old = self.current_turn
+        if self._interrupt("new turn"):
+            # The replaced turn had sent `tts start`: end it on the wire, before anything of the
+            # new one, or the browser page stays "speaking" and keeps the old audio queued.
+            self._replaced_stop = self._spawn(self.send_tts_stop(old), "replaced-stop")
         self._turn_seq += 1
         turn = Turn(session=self, id=self._turn_seq, kind=kind, audio=audio, text=text, close_after=close_after,
                     metrics=metrics or TurnMetrics(), asr_task=asr_task)
@@ -471,6 +523,9 @@ class Session:
 
     async def _run_turn(self, turn: Turn) -> None:
         try:
+            stop = self._replaced_stop
+            if stop is not None and not stop.done():
+                await asyncio.shield(stop)
             await turn.run()
         finally:
             if self.current_turn is turn:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.pipeline.emotion import DEFAULT_EMOTION, emoji_for, emotion_of
+from server.pipeline.emotion import DEFAULT_EMOTION, emoji_for, reply_emotion
 from server.pipeline.phrases import phrase
 from server.pipeline.responder import Audio, EndSession, Item, Sentence
 from server.providers.base import ProviderError
@@ -113,6 +113,12 @@ class Turn:
 
     async def _answer(self, text: str) -> None:
         s = self.session
+        # A wake word is not a question: alone it starts nothing; in front of one it is dropped.
+        rest = s.wake_words.strip_leading(text)
+        if not rest:
+            log.info("[%s] %r is only a wake word: not answered", s.tag, text)
+            return
+        text = rest
         self.user_text = text
         if self.kind == "text":
             self.metrics.asr_done = time.monotonic()
@@ -242,7 +248,7 @@ class Turn:
             log.warning("[%s] cannot say %r: %s", s.tag, text, exc)
             return
         self._mark_tts_chunk()
-        await self._send_emotion("")
+        await self._send_emotion(text)
         await s.send_json_turn(self, {"type": "tts", "state": "sentence_start", "text": text})
         self.spoken.append(text)
         for packet in packets:
@@ -259,13 +265,16 @@ class Turn:
         if self.emotion_sent:
             return
         self.emotion_sent = True
-        emotion = emotion_of(raw) or DEFAULT_EMOTION
+        # From the reply itself (its emoji, else its words), so the face follows what is said.
+        emotion = reply_emotion(raw) if raw.strip() else DEFAULT_EMOTION
         await self.session.send_json_turn(self, {"type": "llm", "emotion": emotion, "text": emoji_for(emotion)})
 
     async def _finish(self) -> None:
-        """Normal end: wait until the device has played our last frame, then `tts stop`."""
+        """Normal end: a short tail of silence (the tts-stop grace), wait until the device has
+        played it, then `tts stop`."""
         s = self.session
         if self.tts_started:
+            await s.send_stop_grace(self)
             await s.output.wait_played(self)
             if self.active:
                 await s.send_tts_stop(self)

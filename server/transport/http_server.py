@@ -13,6 +13,7 @@ from aiohttp import web
 
 from server.services import Services
 from server.transport.auth import TokenAuth
+from server.transport.device_id import loggable, normalize_device_id, safe_client_id
 from server.transport.ota import find_newer_firmware, ota_response, websocket_url_for
 
 log = logging.getLogger("server.http")
@@ -84,14 +85,17 @@ class HttpApi:
             except ValueError:
                 log.info("OTA request with a body that is not JSON from %s: answering anyway", request.remote)
         headers = request.headers
-        device_id = (headers.get("Device-Id") or str(body.get("mac_address") or "")).strip().lower()
-        client_id = (headers.get("Client-Id") or str(body.get("uuid") or "")).strip()
+        # Validated before anything logs or stores them (server/transport/device_id.py).
+        device_id = normalize_device_id(headers.get("Device-Id")) or normalize_device_id(body.get("mac_address")) or ""
+        client_id = safe_client_id(headers.get("Client-Id") or body.get("uuid"))
         app = body.get("application") if isinstance(body.get("application"), dict) else {}
         board = body.get("board") if isinstance(body.get("board"), dict) else {}
         version = str(app.get("version") or "").strip()
         board_type = str(board.get("type") or "").strip()
         if not device_id:
-            return _json({"error": "Device-Id header is required"}, status=400)
+            raw = headers.get("Device-Id") or body.get("mac_address")
+            log.info("OTA from %s: device id %s is not a MAC or UUID: 400", request.remote, loggable(raw))
+            return _json({"error": "Device-Id header (a MAC address or UUID) is required"}, status=400)
         token = self.auth.mint(device_id, client_id) if self.auth.enabled else ""
         firmware = find_newer_firmware(self.firmware_dir, board_type, version) if version else None
         fw_url = ""
