@@ -154,6 +154,8 @@ class ReceiveMixin:
         elif state == "stop":
             def stop(when: float) -> None:
                 # Only meaningful while speaking: manual mode goes idle, the others listen again.
+                if self.config.clear_on_stop:
+                    self._clear_unplayed(when)
                 if self._state == "speaking":
                     self._set_state("idle" if self.listening_mode == "manual" else "listening", when)
             self._schedule(t, stop)
@@ -237,12 +239,39 @@ class ReceiveMixin:
             event.drop_reason = "overflow"
             return
         event.accepted = True
+        event.play_end = self.playback.drained_at()
         if self._decoder is None:
             self._decoder = OpusDecoder(self.decode_sample_rate)
         try:
             event.pcm = self._decoder.decode(frame.payload)
         except ValueError as exc:
             self.violations.append(f"undecodable downlink Opus packet: {exc}")
+
+
+    def _clear_unplayed(self: SimDevice, when: float) -> None:
+        """A client that clears its playback buffer on `tts stop` (the browser page,
+        py-xiaozhi): frames of this reply not yet played at `when` are lost. Such a client
+        plays `playback_delay_ms` later than the firmware model, and holds back the last
+        `hold_back_ms` of a reply until more audio comes (the page plays in 120 ms blocks once
+        240 ms are decoded)."""
+        cfg = self.config
+        frames = []
+        for event in reversed(self.events):
+            if event.kind == "text" and event.is_msg("tts", "start"):
+                break
+            if event.kind == "binary" and event.accepted and not event.cleared:
+                frames.append(event)
+        frames.reverse()
+        delay = cfg.playback_delay_ms / 1000
+        held = 0.0
+        for event in reversed(frames):
+            if held >= cfg.hold_back_ms / 1000:
+                break
+            event.cleared = True  # still waiting for audio that never comes
+            held += (event.duration_ms or 0) / 1000
+        for event in frames:
+            if event.play_end is not None and event.play_end + delay > when:
+                event.cleared = True
 
 
 _Handler = Callable[["SimDevice", float, dict[str, Any]], Awaitable[None]]

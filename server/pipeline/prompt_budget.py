@@ -262,7 +262,7 @@ def _cut_message(message: ChatMessage, tokens: int) -> ChatMessage:
     lo, hi = 0, len(text)
     while lo < hi:  # longest prefix within `tokens`
         mid = (lo + hi + 1) // 2
-        if estimate_tokens(text[:mid]) <= tokens:
+        if estimate_tokens(text[:mid] + "…") <= tokens:
             lo = mid
         else:
             hi = mid - 1

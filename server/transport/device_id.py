@@ -88,10 +88,8 @@ def loggable(raw: object, limit: int = 40) -> str:
     if raw is None:
         return "<missing>"
     text = str(raw)
-    clipped = text[:limit]
-    safe = clipped.encode("ascii", "backslashreplace").decode("ascii")
-    safe = "".join(ch if 32 <= ord(ch) < 127 else f"\\x{ord(ch):02x}" for ch in safe)
-    return repr(safe) + ("..." if len(text) > limit else "")
+    # ascii() escapes CR, LF, every other control character and all non-ASCII.
+    return ascii(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True, slots=True)
