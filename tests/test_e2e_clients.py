@@ -20,15 +20,17 @@ from websockets.asyncio.client import connect
 
 from harness.devsim import SimDevice
 from harness.devsim.identity import DeviceIdentity
-from harness.devsim.server_process import ServerProcess, start_server
+from harness.devsim.server_process import ServerProcess
 from server.pipeline.tool_access import cannot_act_reply
-from tests.conftest import TEST_OVERRIDES, http_json
+from tests.conftest import http_json
 
 pytestmark = pytest.mark.e2e
 
 # The browser page, as measured (docs/tts-stop-grace.md): plays ~60 ms after our pacing model
 # and holds back up to 240 ms (it plays in 120 ms blocks once 240 ms are decoded).
 PAGE = {"clear_on_stop": True, "playback_delay_ms": 60, "hold_back_ms": 240}
+# Generous: the e2e suite shares a 2-core machine; these tests are about order, not speed.
+TURN_S = 180
 LONG_QUESTION = "Tell me a long story about a brave little cat who sails around the world."
 
 
@@ -53,7 +55,7 @@ async def test_page_wake_text_after_hello_is_not_a_question(server: ServerProces
             [e.message for e in dev.events[start:]]
         assert await turns_of(server, dev.identity.mac) == []
         # A wake word in front of a question: the question is answered, without the wake word.
-        result = await dev.ask_text("你好小智，what is the capital of France?")
+        result = await dev.ask_text("你好小智，what is the capital of France?", timeout=TURN_S)
         assert result.completed and result.stt_text == "what is the capital of France?"
 
 
@@ -66,10 +68,10 @@ async def test_replaced_turn_ends_with_tts_stop_before_the_next_starts(server: S
         await dev.listen_start("auto")
         start = len(dev.events)
         await dev.listen_detect(LONG_QUESTION)
-        await dev.wait_for(lambda e: e.is_msg("tts", "start"), 30, start)
+        await dev.wait_for(lambda e: e.is_msg("tts", "start"), TURN_S, start)
         await dev.listen_detect("What is the capital of France?")  # replaces the first turn
-        second = await dev.wait_for(lambda e: e.is_msg("stt") and "France" in str(e.get("text")), 30, start)
-        result = await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > second.t, 90, start)
+        second = await dev.wait_for(lambda e: e.is_msg("stt") and "France" in str(e.get("text")), TURN_S, start)
+        result = await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > second.t, TURN_S, start)
         assert result is not None
         states = tts_states(dev, start)
         assert states == ["start", "stop", "start", "stop"], states
@@ -84,11 +86,11 @@ async def test_replaced_turn_ends_with_tts_stop_before_the_next_starts(server: S
         start = len(dev.events)
         await dev.listen_start("manual")
         await dev.listen_detect(LONG_QUESTION)
-        await dev.wait_for(lambda e: e.is_msg("tts", "start"), 30, start)
+        await dev.wait_for(lambda e: e.is_msg("tts", "start"), TURN_S, start)
         await dev.listen_detect("Tell me about the moon.")
         await dev.listen_detect("What is two plus two?")
-        last = await dev.wait_for(lambda e: e.is_msg("stt") and "two" in str(e.get("text")), 30, start)
-        await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > last.t, 90, start)
+        last = await dev.wait_for(lambda e: e.is_msg("stt") and "two" in str(e.get("text")), TURN_S, start)
+        await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > last.t, TURN_S, start)
         states = tts_states(dev, start)
         assert all(a != b for a, b in zip(states, states[1:], strict=False)), states
         assert states[-1] == "stop"
@@ -104,7 +106,7 @@ async def test_listen_start_during_a_reply_takes_the_floor(server: ServerProcess
         start = len(dev.events)
         await dev.listen_start("manual")
         await dev.listen_detect(LONG_QUESTION)
-        await dev.wait_for(lambda e: e.kind == "binary", 60, start)
+        await dev.wait_for(lambda e: e.kind == "binary", TURN_S, start)
         await asyncio.sleep(0.5)
         pressed = await dev.listen_start("manual")  # the user takes the floor, no abort
         await asyncio.sleep(3.0)
@@ -117,9 +119,9 @@ async def test_listen_start_during_a_reply_takes_the_floor(server: ServerProcess
 
         await dev.stream_audio(await speech("What is the capital of France?"))
         stopped = await dev.listen_stop()
-        stt = await dev.wait_for(lambda e: e.is_msg("stt") and e.t > stopped, 30, start)
+        stt = await dev.wait_for(lambda e: e.is_msg("stt") and e.t > stopped, TURN_S, start)
         assert "france" in str(stt.get("text")).lower()
-        await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > stt.t, 60, start)
+        await dev.wait_for(lambda e: e.is_msg("tts", "stop") and e.t > stt.t, TURN_S, start)
 
 
 async def test_routine_relisten_after_stop_does_not_cancel_the_next_reply(server: ServerProcess) -> None:
@@ -129,9 +131,9 @@ async def test_routine_relisten_after_stop_does_not_cancel_the_next_reply(server
         await dev.ota(server.http_url)
         await dev.connect()
         await dev.listen_start("auto")
-        first = await dev.ask_text("Say hello.")
+        first = await dev.ask_text("Say hello.", timeout=TURN_S)
         assert first.completed
-        result = await dev.ask_text("What is the capital of France?")
+        result = await dev.ask_text("What is the capital of France?", timeout=TURN_S)
         assert result.completed and result.frames_played > 5 and result.sentences
 
 
@@ -141,7 +143,7 @@ async def test_device_id_none_never_shares_an_identity(server: ServerProcess) ->
     for client_id in ("", "web_test_client"):
         async with SimDevice(identity=DeviceIdentity(mac="None", client_id=client_id), py_xiaozhi=True) as dev:
             await dev.connect(url=server.ws_url)
-            result = await dev.ask_text("Say hello.")
+            result = await dev.ask_text("Say hello.", timeout=TURN_S)
             assert result.completed, result.error
     data = await http_json(server.http_url + "/metrics")
     seen = [t["device_id"] for t in data["turns"] if t.get("kind") == "text"][-2:]
@@ -151,7 +153,7 @@ async def test_device_id_none_never_shares_an_identity(server: ServerProcess) ->
     for _ in range(2):
         async with SimDevice(identity=DeviceIdentity(mac="None", client_id=client), py_xiaozhi=True) as dev:
             await dev.connect(url=server.ws_url)
-            assert (await dev.ask_text("Say hello.")).completed
+            assert (await dev.ask_text("Say hello.", timeout=TURN_S)).completed
     assert len(await turns_of(server, client)) == 2
     # Raw WebSocket with a forged log line in the id: accepted under its own identity.
     async with connect(server.ws_url, additional_headers={"Device-Id": "x\r\nINFO forged"}, compression=None) as ws:
@@ -166,21 +168,20 @@ async def test_page_playback_keeps_the_end_of_every_reply(server: ServerProcess)
         await dev.ota(server.http_url)
         await dev.connect()
         for question in ("What is the capital of France?", "Say something nice."):
-            result = await dev.ask_text(question)
+            result = await dev.ask_text(question, timeout=TURN_S)
             assert result.completed and result.frames_played > 5
             assert result.speech_lost_ms == 0, result.speech_lost_ms
             assert len(result.emotions) == 1
 
 
-async def test_without_grace_the_page_loses_the_end_of_replies() -> None:
-    """The control for the test above: the same client against a server with no grace loses the
-    end of its replies (what the issue measured)."""
-    async with start_server({**TEST_OVERRIDES, "audio_out": {"tts_stop_grace_ms": 0}}) as srv:
-        async with SimDevice(**PAGE) as dev:
-            await dev.ota(srv.http_url)
-            await dev.connect()
-            result = await dev.ask_text("What is the capital of France?")
-            assert result.completed and result.speech_lost_ms > 0
+async def test_a_client_holding_back_more_than_the_grace_loses_speech(server: ServerProcess) -> None:
+    """The control for the test above (the loss is measured, not assumed away): a client that
+    holds back more than the default grace does lose the end of the reply."""
+    async with SimDevice(clear_on_stop=True, playback_delay_ms=60, hold_back_ms=1500) as dev:
+        await dev.ota(server.http_url)
+        await dev.connect()
+        result = await dev.ask_text("What is the capital of France?", timeout=TURN_S)
+        assert result.completed and result.speech_lost_ms > 0
 
 
 async def test_device_action_without_tools_gets_an_honest_answer(server: ServerProcess) -> None:
@@ -188,7 +189,7 @@ async def test_device_action_without_tools_gets_an_honest_answer(server: ServerP
     async with SimDevice(py_xiaozhi=True) as dev:
         await dev.ota(server.http_url)
         await dev.connect()
-        result = await dev.ask_text("Set the volume to 30.")
+        result = await dev.ask_text("Set the volume to 30.", timeout=TURN_S)
         assert result.completed
         assert " ".join(result.sentences) == cannot_act_reply("en")
         assert dev.mcp.status.volume == 70 and not [c for c in dev.mcp_calls if c.method == "tools/call"]
@@ -202,11 +203,11 @@ async def test_no_marker_after_an_interrupted_turn(server: ServerProcess) -> Non
         start = len(dev.events)
         await dev.listen_start("manual")
         await dev.listen_detect(LONG_QUESTION)
-        await dev.wait_for(lambda e: e.is_msg("stt"), 30, start)
+        await dev.wait_for(lambda e: e.is_msg("stt"), TURN_S, start)
         await dev.abort()
         await dev.wait_for(lambda e: e.is_msg("tts", "stop"), 10, start)
         for question in ("What did you want to say?", "Go on."):
-            result = await dev.ask_text(question)
+            result = await dev.ask_text(question, timeout=TURN_S)
             assert result.completed
             spoken = " ".join(result.sentences).lower()
             assert "interrupted" not in spoken and "[" not in spoken, result.sentences
