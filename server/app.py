@@ -15,7 +15,7 @@ from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
-from server.services import Services, build_services
+from server.runtime import Services, build_services
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
 from server.transport.websocket_server import DeviceServer

@@ -26,7 +26,7 @@ from typing import Any
 from server.pipeline.prompt_budget import PromptBudget, estimate_tokens
 from server.pipeline.splitter import SentenceSplitter
 from server.pipeline.tool_access import can_act, cannot_act_reply, is_action_request
-from server.providers.base import ChatMessage, LLMRequest, ToolCall
+from server.providers.base import ChatMessage, LLMProvider, LLMRequest, ToolCall
 from server.tools.base import ToolAction, ToolResult
 from server.tools.toolbox import Toolbox, ToolRun
 
@@ -79,7 +79,7 @@ class ResponderStats:
 
 
 class Responder:
-    def __init__(self, llm: Any, toolbox: Toolbox | None, *, mode: str = "function_call", max_rounds: int = 3,
+    def __init__(self, llm: LLMProvider, toolbox: Toolbox | None, *, mode: str = "function_call", max_rounds: int = 3,
                  language: str = "en", on_first_token: Callable[[], None] | None = None,
                  budget: PromptBudget | None = None) -> None:
         self.llm = llm
@@ -108,7 +108,7 @@ class Responder:
             async for item in self._intent_llm(messages):
                 yield item
             return
-        if not getattr(self.llm, "supports_tools", False):
+        if not self.llm.supports_tools:
             tools = []
         if not tools and messages and messages[-1].role == "user" and is_action_request(messages[-1].content):
             # No tool can run: say so instead of letting the model pretend it did it.
