@@ -155,11 +155,13 @@ async def test_device_id_none_never_shares_an_identity(server: ServerProcess) ->
             await dev.connect(url=server.ws_url)
             assert (await dev.ask_text("Say hello.", timeout=TURN_S)).completed
     assert len(await turns_of(server, client)) == 2
-    # Raw WebSocket with a forged log line in the id: accepted under its own identity.
-    async with connect(server.ws_url, additional_headers={"Device-Id": "x\r\nINFO forged"}, compression=None) as ws:
+    # A browser-style query string with an encoded line break (%0A) in the id: accepted under an
+    # identity of its own, and the raw value never reaches the log as a line of its own.
+    async with connect(server.ws_url + "?device-id=x%0D%0AINFO%20forged&client-id=web", compression=None) as ws:
         await ws.send(json.dumps({"type": "hello", "version": 1, "transport": "websocket"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
-    assert "INFO forged" not in server.log_text().replace("\\r\\nINFO forged", "")
+    assert not [line for line in server.log_text().splitlines() if line.startswith("INFO forged")]
+    assert "x\\r\\nINFO forged" in server.log_text()  # logged escaped, once
 
 
 async def test_page_playback_keeps_the_end_of_every_reply(server: ServerProcess) -> None:
