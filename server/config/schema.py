@@ -83,11 +83,12 @@ class AudioOutConfig(Strict):
     # Frames sent ahead of real time at the start of a reply (and kept ahead afterwards). The
     # firmware drops anything beyond 40 queued frames; a few are enough to ride out jitter.
     prebuffer_frames: int = Field(default=5, ge=1, le=20)
-    # Wait this long after our estimate of "the device played the last frame" before `tts stop`.
-    # The firmware plays what it queued even after the stop, but clients written for the reference
-    # server (its browser page, py-xiaozhi) clear their playback buffer on `tts stop`, and they
-    # play later than on arrival. Measured choice: docs/tts-stop-grace.md.
-    tts_stop_grace_ms: int = Field(default=400, ge=0, le=3000)
+    # Each reply ends with this much silence before `tts stop` (0: stop right after the last
+    # frame has played). The firmware plays what it queued even after the stop, but clients
+    # written for the reference server (its browser page, py-xiaozhi in auto mode) clear their
+    # playback buffer on `tts stop` and play later than on arrival; the page also holds back the
+    # last < 240 ms until more audio comes. Measured choice: docs/tts-stop-grace.md.
+    tts_stop_grace_ms: int = Field(default=420, ge=0, le=3000)
 
 
 class AssistantConfig(Strict):
