@@ -330,7 +330,7 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
 
 
 def save(args: argparse.Namespace, run: Any, console: Console) -> None:
-    from bench.chart import render_chart
+    from bench.chart import ChartUnavailable, render_chart
     from bench.report import write_json
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -343,6 +343,9 @@ def save(args: argparse.Namespace, run: Any, console: Console) -> None:
     chart = Path(args.chart) if args.chart else out.with_suffix(".png")
     try:
         png = render_chart(data)
+    except ChartUnavailable as exc:
+        console.print(f"chart not drawn: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001 - a drawing bug must not lose the measured report
         console.print(f"chart not drawn: {exc!r}")
         return

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from server.plugin_api import Say, ToolContext, ToolResult, http_session, tool, tr
+from server.plugin_api import Say, ToolContext, ToolResult, http_session, settings_of, tool, tr
 
 
 class Entity(BaseModel):
@@ -221,10 +221,10 @@ def compact_state(state: dict[str, Any], entity: Entity) -> dict[str, Any]:
 
 
 async def _request(ctx: ToolContext, method: str, path: str, body: dict | None = None) -> Any:
-    s = ctx.settings
-    url = s["base_url"] + path
-    headers = {"Authorization": f"Bearer {s['token'].get_secret_value()}", "Content-Type": "application/json"}
-    timeout = float(s["timeout_s"])
+    s = settings_of(ctx, Settings)
+    url = s.base_url + path
+    headers = {"Authorization": f"Bearer {s.token.get_secret_value()}", "Content-Type": "application/json"}
+    timeout = s.timeout_s
     async with http_session(ctx) as http:
         try:
             async with http.request(method, url, json=body, headers=headers,
@@ -234,7 +234,7 @@ async def _request(ctx: ToolContext, method: str, path: str, body: dict | None =
         except TimeoutError:
             raise HassError(f"Home Assistant did not answer within {timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise HassError(f"cannot reach Home Assistant at {s['base_url']} ({type(exc).__name__})") from None
+            raise HassError(f"cannot reach Home Assistant at {s.base_url} ({type(exc).__name__})") from None
     if status == 401:
         raise HassError("Home Assistant rejected the access token (HTTP 401); check plugins.home_assistant.token",
                         401)
@@ -259,14 +259,14 @@ async def _read_state(ctx: ToolContext, entity: Entity) -> dict[str, Any]:
 
 
 def _entities(ctx: ToolContext) -> list[Entity]:
-    return [e if isinstance(e, Entity) else Entity.model_validate(e) for e in ctx.settings.get("entities") or []]
+    return settings_of(ctx, Settings).entities
 
 
 # ------------------------------------------------------------------------------ descriptions
 
 
-def _device_list(settings: dict[str, Any]) -> str:
-    entities = [e if isinstance(e, Entity) else Entity.model_validate(e) for e in settings.get("entities") or []]
+def _device_list(settings: Settings | None) -> str:
+    entities = settings.entities if settings is not None else []
     if not entities:
         return " No device list is configured: pass exact entity_ids such as light.kitchen."
     shown = [f"{' / '.join(e.names)} ({e.entity_id}{', ' + e.area if e.area else ''})" for e in entities[:80]]
@@ -274,13 +274,13 @@ def _device_list(settings: dict[str, Any]) -> str:
     return " Devices: " + "; ".join(shown) + more + "."
 
 
-def _describe_get(settings: dict[str, Any]) -> str:
+def _describe_get(settings: Settings | None) -> str:
     return ("Read the current state of a smart-home device through Home Assistant (on/off, brightness, "
             "temperature, position, sensor value). Call when the user asks about a device, e.g. "
             "\"客厅灯开着吗\", \"卧室温度多少\", \"is the garage door open\"." + _device_list(settings))
 
 
-def _describe_set(settings: dict[str, Any]) -> str:
+def _describe_set(settings: Settings | None) -> str:
     return ("Switch or adjust a smart-home device through Home Assistant: on/off/toggle, open/close/stop "
             "(covers, valves), lock/unlock, light brightness, thermostat temperature, cover position. Call "
             "only when the user asks to change a device, e.g. \"打开客厅灯\", \"把卧室灯调到30%\", "
@@ -298,7 +298,7 @@ async def hass_get_state(ctx: ToolContext, entity: str) -> dict | ToolResult:
         entity: the device as the user named it (e.g. 客厅灯, bedroom light) or its entity_id.
     """
     try:
-        target = resolve_entity(_entities(ctx), entity, bool(ctx.settings.get("allow_unlisted")))
+        target = resolve_entity(_entities(ctx), entity, settings_of(ctx, Settings).allow_unlisted)
         return compact_state(await _read_state(ctx, target), target)
     except HassError as exc:
         return ToolResult.error(str(exc))
@@ -322,7 +322,7 @@ async def hass_set_state(ctx: ToolContext, entity: str, state: State, brightness
         position: cover (curtain, blind, garage door) position in percent, 0 closed to 100 open.
     """
     try:
-        target = resolve_entity(_entities(ctx), entity, bool(ctx.settings.get("allow_unlisted")))
+        target = resolve_entity(_entities(ctx), entity, settings_of(ctx, Settings).allow_unlisted)
         call, notes = plan_service(target.entity_id, state, brightness, temperature, position)
         try:
             await _request(ctx, "POST", f"/api/services/{call.domain}/{call.service}", call.data)
@@ -333,7 +333,7 @@ async def hass_set_state(ctx: ToolContext, entity: str, state: State, brightness
         after = compact_state(await _read_state(ctx, target), target)
     except HassError as exc:
         return ToolResult.error(str(exc))
-    if ctx.settings.get("speak_confirmation"):
+    if settings_of(ctx, Settings).speak_confirmation:
         name = after["name"] or target.entity_id
         st = str(after.get("state"))
         extra = f"，亮度{after['brightness_pct']}%" if "brightness_pct" in after and st == "on" else ""

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from server.config.loader import ROOT_DIR, ConfigError, load_config
+from server.config.loader import ROOT_DIR, ConfigError, load_config, with_ports
 from server.logging_setup import setup_logging
 from server.providers.base import ProviderUnavailable
 
@@ -43,15 +43,12 @@ async def _serve(config, root: Path) -> None:  # noqa: ANN001
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = Path(os.environ.get("XZ_ROOT", ROOT_DIR))
+    ports = {key: value for key, value in (("port", args.port), ("http_port", args.http_port)) if value is not None}
     try:
-        config = load_config(override=args.config, base=root / "config.yaml", cwd=root)
+        config = with_ports(load_config(override=args.config, base=root / "config.yaml", cwd=root), ports)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    if args.port is not None:
-        config.server.port = args.port
-    if args.http_port is not None:
-        config.server.http_port = args.http_port
     if args.check:
         print("config OK")
         return 0

@@ -15,7 +15,7 @@ from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
-from server.runtime import Services, build_services
+from server.runtime import ListeningPorts, Services, build_services
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
 from server.transport.websocket_server import DeviceServer
@@ -88,7 +88,7 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     ws_port = next(iter(ws.sockets)).getsockname()[1]
     http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
-    cfg.port, cfg.http_port = ws_port, http_port
+    services.ports = ListeningPorts(ws_port, http_port)
     running = RunningServer(services, ws, runner, ws_port, http_port)
     for warning in security_warnings(config):
         log.warning(warning)

@@ -79,6 +79,15 @@ class DeviceToolsOwner(Protocol):
     async def send_iot_commands(self, commands: list[dict[str, Any]]) -> None: ...
 
 
+@dataclass(slots=True, frozen=True)
+class ListeningPorts:
+    """Where the server really listens. Port 0 in the config asks the OS for a free port; the OTA
+    answer and the vision URL must name the bound one, and the config itself is never changed."""
+
+    websocket: int
+    http: int
+
+
 @dataclass
 class Services:
     """The runtime: typed providers, the reply voice, memory, tool sources, metrics."""
@@ -102,6 +111,8 @@ class Services:
     device_tools_factory: Callable[[DeviceToolsOwner], McpDeviceTools] | None = None
     iot_tools_factory: Callable[[DeviceToolsOwner], DeviceTools] | None = None
     vision: VisionService | None = None  # VisionHandler for /mcp/vision/explain
+    # The configured ports until the listeners are bound (app.running_server sets the real ones).
+    ports: ListeningPorts = ListeningPorts(0, 0)
     _http: aiohttp.ClientSession | None = None
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _voice: OpusVoice | None = None
@@ -176,7 +187,8 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
         for p in providers.values():
             await p.close()
         raise errors[0]
-    services = Services(config=config, root_dir=root_dir, **providers)
+    services = Services(config=config, root_dir=root_dir, **providers,
+                        ports=ListeningPorts(config.server.port, config.server.http_port))
     try:
         store = SqliteMemoryStore(services.data_dir / config.memory.db)
         await store.open()
@@ -188,7 +200,7 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
             services.tool_sources.append(PluginTools.from_config(config.plugins))
         await _start_device_tools(services, auth)
         if config.mcp_servers:
-            from server.mcp_ext import ExternalMcpManager
+            from server.tools.remote_mcp import ExternalMcpManager
 
             mcp = ExternalMcpManager(config.mcp_servers)
             services._closers.append(mcp.close)
@@ -219,7 +231,7 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
         if vision is not None:
             url, token = vision.device_capability(session.device.device_id, session.device.client_id,
                                                   host_header=session.device.host,
-                                                  http_port=config.server.http_port)
+                                                  http_port=services.ports.http)
         return DeviceMcpClient.from_config(session.send_mcp, dcfg, vision_url=url, vision_token=token,
                                            tag=session.tag)
 

@@ -63,6 +63,12 @@ def test_server_never_imports_test_tools(path: Path) -> None:
     assert not {m for m in our_imports(path) if m.split(".")[0] in ("bench", "harness", "tests")}
 
 
+@pytest.mark.parametrize("path", files("server/config"), ids=lambda p: p.name)
+def test_config_never_imports_transport_or_session(path: Path) -> None:
+    """Validating a config must not pull in the servers that use it."""
+    assert not {m for m in our_imports(path) if m.startswith(("server.transport", "server.session"))}
+
+
 @pytest.mark.parametrize("path", files("server/session"), ids=lambda p: p.name)
 def test_session_never_imports_transport(path: Path) -> None:
     """A board session is handed its connection; the transport knows sessions, not the reverse."""

@@ -361,8 +361,8 @@ def test_weather_settings() -> None:
         PluginTools({"weather": {"provider": "yahoo"}})
     tools = PluginTools({"weather": {"provider": "qweather", "api_host": "abc.re.qweatherapi.com", "api_key": "k"}})
     settings = tools._entries["get_weather"].settings
-    assert settings["api_host"] == "https://abc.re.qweatherapi.com"
-    assert "k" not in repr(settings["api_key"])  # a SecretStr: never printed in logs
+    assert settings is not None and settings.api_host == "https://abc.re.qweatherapi.com"  # type: ignore[attr-defined]
+    assert "k" not in repr(settings.api_key)  # type: ignore[attr-defined]  # a SecretStr: never printed in logs
 
 
 class socket_closed_port:
@@ -503,7 +503,7 @@ async def test_hass_unlisted_entities_when_allowed(hass: FakeHomeAssistant) -> N
 def test_hass_settings() -> None:
     with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.token: Field required$"):
         PluginTools({"home_assistant": {"base_url": "http://ha.local:8123"}})
-    with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.entities\.0\.entity_id: "):
+    with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.entities\[0\]\.entity_id: "):
         PluginTools({"home_assistant": {"token": "t", "entities": [{"entity_id": "Kitchen Light", "name": "x"}]}})
     with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.base_url: .*http"):
         PluginTools({"home_assistant": {"token": "t", "base_url": "ha.local"}})

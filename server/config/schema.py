@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from server.devices.mcp_client import DeviceToolsConfig
 from server.memory.manager import MemoryConfig
 from server.providers.base import ProviderSettings
-from server.transport.vision import VisionConfig
+from server.tools.remote_mcp.config import McpServerConfig
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: a validated config is read, never patched (a copy with changes is a new model,
+    # validated again, see loader.with_ports).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AuthConfig(Strict):
@@ -121,6 +123,34 @@ class LogConfig(Strict):
     file: str = ""
 
 
+class VisionConfig(Strict):
+    """`vision:` section of config.yaml. The endpoint is enabled when `model` and `base_url` are set."""
+
+    # An OpenAI-compatible chat completions API with image input, e.g. https://api.openai.com/v1
+    # (gpt-4o-mini), https://dashscope.aliyuncs.com/compatible-mode/v1 (qwen-vl-plus),
+    # https://open.bigmodel.cn/api/paas/v4 (glm-4v-flash), or a local Ollama/vLLM /v1.
+    base_url: str = ""
+    api_key: str = ""
+    model: str = ""
+    timeout_s: float = Field(default=20, gt=0, le=120)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    max_tokens: int = Field(default=300, ge=16, le=4096)
+    # System prompt sent with every photo: short spoken answers in the question's language.
+    prompt: str = ("You see a photo taken by a small voice assistant's camera. Answer the question about it "
+                   "briefly and concretely, in the language of the question, in plain text without markdown.")
+    # The URL handed to devices in the MCP initialize. Empty: http://<host the device used to
+    # reach us>:<server.http_port>/mcp/vision/explain.
+    url: str = ""
+    # Lifetime of the per-session vision token (a new one is minted at each connection).
+    token_ttl_s: float = Field(default=24 * 3600, gt=60)
+    # Uploads analysed at once; more wait (each is a paid, slow model call).
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model and self.base_url)
+
+
 class AppConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
@@ -133,21 +163,25 @@ class AppConfig(Strict):
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device_tools: DeviceToolsConfig = Field(default_factory=DeviceToolsConfig)
     vision: VisionConfig = Field(default_factory=VisionConfig)
-    # External MCP servers: validated by server.mcp_ext (the loader replaces this mapping).
-    mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    # External MCP servers by name (server.tools.remote_mcp.config; the loader validates them
+    # with errors that name the server).
+    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
     data_dir: str = "data"
     models_dir: str = "models"
-    # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
-    # the raw mappings with the provider's validated Settings model.
-    vad: Any = None
-    asr: Any = None
-    llm: Any = None
-    tts: Any = None
+    # Provider sections: in config.yaml a mapping with `type` plus that provider's own keys (or a
+    # list of them, a fallback chain). The loader validates each against the chosen provider's
+    # Settings model and builds AppConfig from those models (see loader.validate). None only in
+    # a config built in code without providers (tests that bring their own).
+    vad: ProviderSettings | None = None
+    asr: ProviderSettings | list[ProviderSettings] | None = None
+    llm: ProviderSettings | list[ProviderSettings] | None = None
+    tts: ProviderSettings | list[ProviderSettings] | None = None
 
     def provider(self, kind: str) -> ProviderSettings | list[ProviderSettings]:
         """The validated settings of a provider section, or a list of them (fallback chain)."""
-        value = getattr(self, kind)
-        assert isinstance(value, ProviderSettings | list), f"{kind} not validated"
+        value: ProviderSettings | list[ProviderSettings] | None = getattr(self, kind)
+        if value is None:
+            raise ValueError(f"{kind}: no provider configured")
         return value
 
 

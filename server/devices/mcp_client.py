@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.tools.base import ToolContext, ToolResult, ToolSpec, object_schema
+from server.tools.mcp_result import mcp_tool_result
 
 log = logging.getLogger("server.devices.mcp")
 
@@ -255,7 +256,7 @@ class DeviceMcpClient:
             return ToolResult.error(str(exc))
         except ConnectionError as exc:
             return ToolResult.error(f"could not reach the device: {exc}")
-        return _tool_result(result)
+        return mcp_tool_result(result, read_text=_unwrap_vision, failed="the device reported an error")
 
     # ------------------------------------------------------------------ JSON-RPC plumbing
 
@@ -313,29 +314,6 @@ class DeviceMcpClient:
             log.info("[%s] MCP: response %d has neither result nor error: ignored", self.tag, rid)
 
 
-
-
-def _tool_result(result: Any) -> ToolResult:
-    """`result.content[].text` -> ToolResult text; `isError` -> an error result."""
-    if not isinstance(result, dict):
-        return ToolResult(text=json.dumps(result, ensure_ascii=False))
-    content = result.get("content")
-    parts: list[str] = []
-    failed = result.get("isError") is True
-    if isinstance(content, list):
-        for item in content:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "text" and isinstance(item.get("text"), str):
-                text, vision_failed = _unwrap_vision(item["text"])
-                parts.append(text)
-                failed = failed or vision_failed
-            elif item.get("type") == "image":
-                parts.append("[the device returned an image]")
-    text = "\n".join(parts) if parts else json.dumps(result, ensure_ascii=False)
-    if failed:
-        return ToolResult.error(text or "the device reported an error")
-    return ToolResult(text=text)
 
 
 def _unwrap_vision(text: str) -> tuple[str, bool]:

@@ -28,6 +28,7 @@ from server.pipeline.splitter import SentenceSplitter
 from server.pipeline.tool_access import can_act, cannot_act_reply, is_action_request
 from server.providers.base import ChatMessage, LLMProvider, LLMRequest, ToolCall
 from server.tools.base import ToolAction, ToolResult
+from server.tools.results import EndSession  # also the item that ends the session after the reply
 from server.tools.toolbox import Toolbox, ToolRun
 
 log = logging.getLogger("server.responder")
@@ -47,11 +48,6 @@ class Sentence:
 class Audio:
     chunks: AsyncIterator[bytes]
     sample_rate: int
-
-
-@dataclass(slots=True)
-class EndSession:
-    pass
 
 
 Item = Sentence | Audio | EndSession

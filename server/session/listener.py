@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.pipeline.segmenter import Segment, Segmenter, SegmenterConfig, SegmentEvent
+from server.providers.base import PCM_RATE
 
 log = logging.getLogger("server.session")
 
-PCM_RATE = 16000
 # Audio kept after the last voiced window: Whisper transcribes better with a short trailing pause.
 TAIL_SAMPLES = PCM_RATE // 10
 

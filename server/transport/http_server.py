@@ -71,7 +71,7 @@ class HttpApi:
     def _ws_url(self, request: web.Request) -> str:
         cfg = self.services.config.server
         host = request.headers.get("Host", "") or request.host
-        return websocket_url_for(host, cfg.websocket_url, cfg.port, cfg.ws_path)
+        return websocket_url_for(host, cfg.websocket_url, self.services.ports.websocket, cfg.ws_path)
 
     async def ota_post(self, request: web.Request) -> web.Response:
         cfg = self.services.config.server
