@@ -40,7 +40,29 @@ async def _serve(config, root: Path) -> None:  # noqa: ANN001
         logging.getLogger("server").info("shutting down")
 
 
+def devices_main(argv: list[str]) -> int:
+    """`python -m server devices ...` (works while the server runs)."""
+    from server.pairing import cli
+
+    p = argparse.ArgumentParser(prog="python -m server")
+    p.add_argument("--config", help="override file merged over config.yaml")
+    cli.add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    root = Path(os.environ.get("XZ_ROOT", ROOT_DIR))
+    try:
+        config = load_config(override=args.config, base=root / "config.yaml", cwd=root)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if not config.server.auth.enabled:
+        print("note: server.auth.enabled is false, so pairing is not enforced", file=sys.stderr)
+    return cli.main(args, root / config.data_dir, config.server.auth.pairing)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "devices" in argv[:3]:
+        return devices_main(argv)
     args = parse_args(argv)
     root = Path(os.environ.get("XZ_ROOT", ROOT_DIR))
     ports = {key: value for key, value in (("port", args.port), ("http_port", args.http_port)) if value is not None}

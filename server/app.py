@@ -10,11 +10,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
+from server.pairing import Pairing, SqliteDeviceRegistry
 from server.runtime import ListeningPorts, Services, build_services
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
@@ -28,6 +30,16 @@ def make_auth(config: AppConfig, data_dir: Path) -> TokenAuth:
     secret = a.secret.encode() if a.secret else load_or_create_secret(data_dir / "auth_secret")
     return TokenAuth(secret=secret, ttl_seconds=a.token_ttl_days * 86400, enabled=a.enabled,
                      allowed_devices=frozenset(a.allowed_devices))
+
+
+async def open_pairing(config: AppConfig, data_dir: Path) -> Pairing | None:
+    """The device registry, when auth with pairing is on (None otherwise)."""
+    a = config.server.auth
+    if not (a.enabled and a.pairing.enabled):
+        return None
+    registry = SqliteDeviceRegistry(data_dir / a.pairing.db)
+    await registry.open()
+    return Pairing(registry, a.pairing)
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -57,8 +69,15 @@ class RunningServer:
     http: web.AppRunner
     ws_port: int
     http_port: int
+    pairing: Pairing | None = None
+    background: list[asyncio.Task[None]] | None = None
+    xiaomi: Any = None  # the Xiaomi speaker bridge (server/xiaomi/), when enabled
 
     async def close(self) -> None:
+        for task in self.background or []:
+            task.cancel()
+        if self.xiaomi is not None:
+            await self.xiaomi.close()
         self.ws.close()
         for session in list(self.services.sessions):
             await session.close("server shutting down")
@@ -66,6 +85,19 @@ class RunningServer:
             await asyncio.wait_for(self.ws.wait_closed(), timeout=5)
         await self.http.cleanup()
         await self.services.close()
+        if self.pairing is not None:
+            await self.pairing.registry.close()
+
+
+def _xiaomi_bridge(services: Any, http_app: web.Application) -> Any:
+    """The XiaoAi speaker bridge (None unless xiaomi.enabled); its reply-audio route goes on our
+    HTTP port before that starts."""
+    from server.xiaomi.bridge import create_bridge
+
+    bridge = create_bridge(services)
+    if bridge is not None:
+        bridge.audio_store.add_routes(http_app)
+    return bridge
 
 
 @contextlib.asynccontextmanager
@@ -76,12 +108,17 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     auth = make_auth(config, data_dir)
     services = await build_services(config, root_dir, auth)
     cfg = config.server
-    devices = DeviceServer(services, auth)
+    pairing = await open_pairing(config, data_dir)
+    if pairing is not None and services.vision is not None:
+        services.vision.current_generation = pairing.current_generation
+    devices = DeviceServer(services, auth, pairing)
     ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,
                      compression=None, max_size=cfg.max_message_bytes, ping_interval=None,
                      open_timeout=10, close_timeout=2, logger=logging.getLogger("websockets"))
-    api = HttpApi(services, auth)
-    runner = web.AppRunner(api.app(), access_log=None)
+    api = HttpApi(services, auth, pairing=pairing)
+    http_app = api.app()
+    xiaomi = _xiaomi_bridge(services, http_app)
+    runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
@@ -89,12 +126,15 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
     services.ports = ListeningPorts(ws_port, http_port)
-    running = RunningServer(services, ws, runner, ws_port, http_port)
+    watcher = asyncio.create_task(devices.watch_revocations(), name="revocations")
+    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher], xiaomi)
+    if xiaomi is not None:
+        xiaomi.start(http_port=http_port)
     for warning in security_warnings(config):
         log.warning(warning)
     log.info("ready in %.1f s: WebSocket ws://%s:%d%s, OTA http://%s:%d/xiaozhi/ota/ (auth %s)",
              time.monotonic() - t0, cfg.host, ws_port, cfg.ws_path, cfg.host, http_port,
-             "on" if cfg.auth.enabled else "off")
+             ("on, pairing " + ("on" if pairing else "off")) if cfg.auth.enabled else "off")
     try:
         yield running
     finally:

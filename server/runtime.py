@@ -190,7 +190,8 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
     services = Services(config=config, root_dir=root_dir, **providers,
                         ports=ListeningPorts(config.server.port, config.server.http_port))
     try:
-        store = SqliteMemoryStore(services.data_dir / config.memory.db)
+        store = SqliteMemoryStore(services.data_dir / config.memory.db,
+                                  max_exchanges_per_user=config.memory.max_exchanges_per_user)
         await store.open()
         services._closers.append(store.close)
         services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
@@ -231,13 +232,15 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
         if vision is not None:
             url, token = vision.device_capability(session.device.device_id, session.device.client_id,
                                                   host_header=session.device.host,
-                                                  http_port=services.ports.http)
+                                                  http_port=services.ports.http,
+                                                  generation=getattr(session.device, "auth_generation", None))
         return DeviceMcpClient.from_config(session.send_mcp, dcfg, vision_url=url, vision_token=token,
                                            tag=session.tag)
 
     services.device_tools_factory = device_tools if dcfg.mcp else None
     def iot_tools(session: DeviceToolsOwner) -> DeviceTools:
-        return IotTools(session.send_iot_commands, tag=session.tag)
+        return IotTools(session.send_iot_commands, tag=session.tag, max_things=dcfg.max_iot_things,
+                        max_bytes=dcfg.max_iot_bytes)
 
     services.iot_tools_factory = iot_tools if dcfg.iot else None
 

@@ -33,3 +33,6 @@ class DeviceConfig:
     clear_on_stop: bool = False
     playback_delay_ms: float = 0.0  # audio plays this long after the firmware model says
     hold_back_ms: float = 0.0  # the end of a reply shorter than this waits for more audio
+    # Source address of the device's connections (e.g. 127.0.0.7: another "host" on the
+    # loopback network, for per-address limits); empty: the OS picks.
+    local_address: str = ""

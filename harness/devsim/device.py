@@ -185,7 +185,7 @@ class SimDevice:
             headers, body = py_xiaozhi_ota_headers(self.identity), py_xiaozhi_ota_body(self.identity)
         else:
             headers, body = firmware_ota_headers(self.identity), firmware_ota_body(self.identity)
-        data = await post_ota(url, headers, body, timeout)
+        data = await post_ota(url, headers, body, timeout, local_address=self.config.local_address)
         self.ota_response = data
         ws = data.get("websocket")
         if isinstance(ws, dict):
@@ -263,7 +263,8 @@ class SimDevice:
                 url, additional_headers=headers, compression=None, user_agent_header=None, proxy=None,
                 open_timeout=HANDSHAKE_TIMEOUT_S, close_timeout=2,
                 # The firmware never pings; py-xiaozhi pings every 20 s.
-                ping_interval=20 if self.config.py_xiaozhi else None, ping_timeout=20)
+                ping_interval=20 if self.config.py_xiaozhi else None, ping_timeout=20,
+                **({"local_addr": (self.config.local_address, 0)} if self.config.local_address else {}))
         except InvalidStatus as exc:
             self.handshake_status = exc.response.status_code
             raise DeviceConnectError(f"server rejected the upgrade: HTTP {exc.response.status_code}",

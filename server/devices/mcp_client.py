@@ -57,6 +57,13 @@ class DeviceToolsConfig(BaseModel):
     # Pause between the initialize result and the first tools/list (the reference sleeps 1 s;
     # current firmware answers at once).
     list_delay_s: float = Field(default=0, ge=0, le=10)
+    # Every device tool goes into every LLM request: a device (or a client posing as one) may
+    # offer at most this many, in at most this many bytes of JSON definitions; the rest are
+    # left out. Legacy iot things likewise.
+    max_tools: int = Field(default=64, ge=1, le=1000)
+    max_tools_bytes: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    max_iot_things: int = Field(default=32, ge=1, le=1000)
+    max_iot_bytes: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
 
 
 class _DeviceError(Exception):
@@ -76,8 +83,11 @@ class DeviceMcpClient:
 
     def __init__(self, send: SendPayload, *, vision_url: str = "", vision_token: str = "",
                  call_timeout_s: float = 30, list_delay_s: float = 0, list_timeout_s: float = 5,
-                 tool_timeouts_s: Mapping[str, float] | None = None, tag: str = "device") -> None:
+                 tool_timeouts_s: Mapping[str, float] | None = None, tag: str = "device",
+                 max_tools: int = 64, max_tools_bytes: int = 65536) -> None:
         self._send = send
+        self.max_tools = max_tools
+        self.max_tools_bytes = max_tools_bytes
         self.vision_url = vision_url
         self.vision_token = vision_token
         self.call_timeout_s = call_timeout_s
@@ -99,7 +109,8 @@ class DeviceMcpClient:
                     vision_token: str = "", tag: str = "device") -> DeviceMcpClient:
         return cls(send, vision_url=vision_url, vision_token=vision_token, call_timeout_s=config.call_timeout_s,
                    list_delay_s=config.list_delay_s, list_timeout_s=config.list_timeout_s,
-                   tool_timeouts_s=config.tool_timeouts_s, tag=tag)
+                   tool_timeouts_s=config.tool_timeouts_s, tag=tag, max_tools=config.max_tools,
+                   max_tools_bytes=config.max_tools_bytes)
 
     # ------------------------------------------------------------------ state
 
@@ -218,16 +229,23 @@ class DeviceMcpClient:
         specs: list[ToolSpec] = []
         kept: list[dict[str, Any]] = []
         names: set[str] = set()
+        total_bytes = 0
         for tool in tools:
             name = tool.get("name")
             if not isinstance(name, str) or not name or name in names:
                 continue
+            size = len(json.dumps(tool, ensure_ascii=False, default=str))
+            if len(kept) >= self.max_tools or total_bytes + size > self.max_tools_bytes:
+                log.warning("[%s] MCP: the device offers more than %d tools / %d bytes of tool definitions; "
+                            "keeping the first %d", self.tag, self.max_tools, self.max_tools_bytes, len(kept))
+                break
             annotations = tool.get("annotations")
             audience = annotations.get("audience") if isinstance(annotations, dict) else None
             if isinstance(audience, list) and audience and "assistant" not in audience:
                 continue  # a user-only tool listed anyway
             names.add(name)
             kept.append(tool)
+            total_bytes += size
             description = tool.get("description") if isinstance(tool.get("description"), str) else ""
             timeout = self.tool_timeouts_s.get(name, self.call_timeout_s)
             # One second more than our own wait, so the toolbox's timeout never fires first and

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ class ResponderStats:
     tool_rounds: int = 0
     tool_seconds: float = 0.0
     tool_calls: int = 0
+    text_chunks: int = 0  # streamed text pieces (one per token for OpenAI-style streams)
 
 
 class Responder:
@@ -88,6 +89,9 @@ class Responder:
         self.language = language
         self.on_first_token = on_first_token
         self.stats = ResponderStats()
+        # Awaited before any tool runs: a speculative reply holds its tool calls (which may have
+        # side effects) until the end of the user's turn is confirmed.
+        self.hold_tools: Callable[[], Awaitable[None]] | None = None
 
     def _tools(self) -> list[dict[str, Any]]:
         if self.toolbox is None or self.mode == "nointent":
@@ -140,6 +144,7 @@ class Responder:
         fitted = self.budget.fit(messages, tools)
         async for delta in self.llm.stream(LLMRequest(messages=fitted.messages, tools=fitted.tools)):
             if delta.text:
+                self.stats.text_chunks += 1
                 if self.stats.llm_first_token is None:
                     self.stats.llm_first_token = time.monotonic()
                     if self.on_first_token:
@@ -153,6 +158,8 @@ class Responder:
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[ToolRun]:
         assert self.toolbox is not None
+        if self.hold_tools is not None:
+            await self.hold_tools()
         t0 = time.monotonic()
         tasks = []
         for call in calls:

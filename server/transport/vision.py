@@ -29,6 +29,7 @@ from aiohttp import BodyPartReader, web
 from server.config.schema import VisionConfig
 from server.providers.openai_vision import OpenAIVision, VisionFailed
 from server.transport.auth import TokenAuth
+from server.transport.limits import RateLimiter
 
 log = logging.getLogger("server.vision")
 
@@ -92,6 +93,10 @@ class VisionHandler:
         self.model = OpenAIVision(base_url=config.base_url, api_key=config.api_key, model=config.model,
                                   timeout_s=config.timeout_s, max_tokens=config.max_tokens, prompt=config.prompt)
         self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._rate = RateLimiter(config.requests_per_minute)
+        # Set when pairing is on: (device id, client id) -> the device's current generation, or
+        # None when it is not paired. Tokens minted with a generation must match it.
+        self.current_generation: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -99,17 +104,19 @@ class VisionHandler:
 
     # ------------------------------------------------------------------ for the session
 
-    def mint_token(self, device_id: str, client_id: str) -> str:
-        return self.tokens.mint(device_id.strip().lower(), client_id.strip())
+    def mint_token(self, device_id: str, client_id: str, generation: int | None = None) -> str:
+        """A vision token; with a pairing `generation`, it stops working when the device is revoked."""
+        return self.tokens.mint(device_id.strip().lower(), client_id.strip(),
+                                generation=0 if generation is None else generation + 1)
 
     def device_capability(self, device_id: str, client_id: str, host_header: str,
-                          http_port: int) -> tuple[str, str]:
+                          http_port: int, generation: int | None = None) -> tuple[str, str]:
         """(url, token) for DeviceMcpClient(vision_url=..., vision_token=...); ("", "") when the
         endpoint is not configured, so the device is not told to upload photos nobody reads."""
         if not self.enabled:
             return "", ""
         return (vision_url_for(host_header, self.config.url, http_port),
-                self.mint_token(device_id, client_id))
+                self.mint_token(device_id, client_id, generation))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -129,12 +136,23 @@ class VisionHandler:
         try:
             if not self.enabled:
                 raise _Reject(503, "vision is not configured on this server")
-            self._check_auth(request, device_id)
-            question, image = await self._read_upload(request)
-            mime = image_mime(image)
-            if mime is None:
-                raise _Reject(415, "the file is not a JPEG, PNG, GIF or WebP image")
+            client_id = await self._check_auth(request, device_id)
+            if not self._rate.allow(f"{device_id}|{client_id}"):
+                raise _Reject(429, "too many photos, try again in a minute",
+                              f"more than {self.config.requests_per_minute} uploads per minute")
+            limit = self.config.max_image_bytes + _MAX_QUESTION_BYTES + 64 * 1024
+            if request.content_length is not None and request.content_length > limit:
+                # Declared too large: refused before a byte of the body is read.
+                raise _Reject(413, f"the image is larger than {_size(self.config.max_image_bytes)}")
             async with self._slots:
+                try:
+                    async with asyncio.timeout(self.config.upload_timeout_s):
+                        question, image = await self._read_upload(request)
+                except TimeoutError:
+                    raise _Reject(408, "the upload took too long") from None
+                mime = image_mime(image)
+                if mime is None:
+                    raise _Reject(415, "the file is not a JPEG, PNG, GIF or WebP image")
                 answer = await self._ask(question, image, mime)
         except _Reject as rej:
             log.warning("[vision %s] rejected (%d): %s", who, rej.status, rej.log_reason)
@@ -147,15 +165,21 @@ class VisionHandler:
                  answer[:120], time.monotonic() - t0)
         return _json({"success": True, "action": "RESPONSE", "response": answer})
 
-    def _check_auth(self, request: web.Request, device_id: str) -> None:
-        client_id = request.headers.get("Client-Id", "").strip()
+    async def _check_auth(self, request: web.Request, device_id: str) -> str:
+        client_id = request.headers.get("Client-Id", "").strip()[:64]
         scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         if not device_id or not token:
             raise _Reject(401, "unauthorized", "no Device-Id header or no Bearer token")
-        reason = self.tokens.verify(token, device_id, client_id)
-        if reason is not None:
-            raise _Reject(401, "unauthorized", f"client {client_id or '-'}: {reason}")
+        result = self.tokens.verify_token(token, device_id, client_id)
+        if result.reason is not None:
+            raise _Reject(401, "unauthorized", f"client {client_id!r}: {result.reason}")
+        if result.generation and self.current_generation is not None:
+            # Generation g+1 marks a token of a paired device (0: minted without pairing).
+            current = await self.current_generation(device_id, client_id)
+            if current is None or current + 1 != result.generation:
+                raise _Reject(401, "unauthorized", "device revoked since the token was minted")
+        return client_id
 
     async def _read_upload(self, request: web.Request) -> tuple[str, bytes]:
         if not request.content_type.startswith("multipart/"):
