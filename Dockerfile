@@ -3,6 +3,8 @@
 #   docker build -t xiaozhi-server .
 #   docker run -p 8000:8000 -p 8003:8003 -v $PWD/data:/app/data -v $PWD/models:/app/models xiaozhi-server
 # Build stage compiles llama.cpp and fills the virtualenv; the runtime stage has no compiler.
+# The build stage's apt packages are scripts/install.sh's APT_PKGS (keep them the same), so the
+# test suite also runs in it; `python -m server --doctor` checks an image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -10,7 +12,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 XZ_VENV=/opt/venv \
     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake git ca-certificates libopus0 espeak-ng sox libsox-fmt-base \
+ && apt-get install -y --no-install-recommends build-essential cmake git ca-certificates libopus0 espeak-ng \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # Dependencies first (this layer is reused while only the code changes).

@@ -20,13 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.console import Console, Progress
 from bench.resources import ResourceSampler
-from bench.server_metrics import MetricsPoller, get_json, span_summary, stage_summary, turn_spans
+from bench.server_metrics import (
+    HttpStatusError,
+    MetricsPoller,
+    get_json,
+    span_summary,
+    stage_summary,
+    turn_spans,
+)
 from bench.stats import percentile, summarize
 from bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
 from harness.devsim import DeviceIdentity, SimDevice
@@ -189,6 +197,11 @@ async def probe(target: Target, timeout_s: float = 10.0) -> str | None:
     if target.http_url:
         try:
             await get_json(target.http_url.rstrip("/") + "/health", timeout_s)
+        except HttpStatusError as exc:
+            # It answers, just not /health (the reference server has neither /health nor
+            # /metrics): measure what the devices see, without the server's stage breakdown.
+            print(f"note: {target.http_url} has no /health ({exc}); running without the server's stage breakdown",
+                  file=sys.stderr)
         except Exception as exc:  # noqa: BLE001
             return f"cannot reach {target.http_url} (/health): {_reason(exc)}"
     dev = SimDevice(hello_timeout=timeout_s)

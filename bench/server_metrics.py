@@ -24,11 +24,19 @@ STAGES = ("endpoint_wait", "asr", "llm_first_clause", "tts_first_chunk", "to_fir
 SERIAL_STAGES = ("endpoint_wait", "asr", "llm_first_clause", "tts_first_chunk", "to_first_frame")
 
 
+class HttpStatusError(RuntimeError):
+    """The server answered, with a status other than 200 (it is up, the endpoint is not)."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+
+
 async def get_json(url: str, timeout_s: float = 5.0) -> Any:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session, session.get(url) as resp:
         if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status} from {url}")
+            raise HttpStatusError(resp.status, url)
         return await resp.json(content_type=None)
 
 
@@ -48,6 +56,11 @@ class MetricsPoller:
             return
         try:
             data = await get_json(self.http_url.rstrip("/") + "/metrics")
+        except HttpStatusError as exc:
+            # A server without /metrics (the reference server): stop asking.
+            self.error = f"no server stage breakdown: {self.http_url} has no /metrics ({exc})"
+            self.http_url = None
+            return
         except Exception as exc:  # noqa: BLE001 - metrics are a bonus; the run goes on without them
             self.error = f"/metrics: {exc!r}"
             return

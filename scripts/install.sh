@@ -17,9 +17,11 @@ TORCH_VERSION=2.13.0
 LLAMA_VERSION=0.3.36
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
-# 1. System packages: libopus (Opus codec), espeak-ng + sox (test speech), a compiler and cmake
-#    (llama.cpp is built from source), Python venv support.
-APT_PKGS=(libopus0 espeak-ng sox libsox-fmt-base build-essential cmake git ca-certificates)
+# 1. System packages: libopus (Opus codec), espeak-ng (test and benchmark speech), a compiler and
+#    cmake (llama.cpp is built from source), Python venv support. Nothing else: audio files for
+#    tests (MP3, FLAC, Ogg) are encoded with PyAV, whose wheels carry FFmpeg and LAME. Keep this
+#    list and the Dockerfile's build stage the same; `python -m server --doctor` checks the result.
+APT_PKGS=(libopus0 espeak-ng build-essential cmake git ca-certificates)
 command -v python3 >/dev/null 2>&1 || APT_PKGS+=(python3 python3-dev python3-venv)
 if [ "${XZ_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()

@@ -1,4 +1,4 @@
-"""python -m server [--config FILE] [--check]"""
+"""python -m server [--config FILE] [--check] [--doctor]"""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m server", description="xiaozhi voice server")
     p.add_argument("--config", help="override file merged over config.yaml (default: data/.config.yaml if present)")
     p.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    p.add_argument("--doctor", action="store_true",
+                   help="check system pieces (libopus, MP3, espeak-ng, models, ports), say how to fix what is missing")
     p.add_argument("--port", type=int, help="WebSocket port (overrides server.port)")
     p.add_argument("--http-port", type=int, help="HTTP/OTA port (overrides server.http_port)")
     return p.parse_args(argv)
@@ -72,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print("config OK")
         return 0
+    if args.doctor:
+        from server.doctor import report, run_checks
+
+        text, code = report(run_checks(config, root))
+        print(text)
+        return code
     setup_logging(config.log.level, root / config.data_dir / config.log.file if config.log.file else None)
     try:
         asyncio.run(_serve(config, root))

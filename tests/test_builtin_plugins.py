@@ -1,6 +1,6 @@
 """The built-in plugins in plugins/, each run through `PluginTools.call` with a real ToolContext:
 time/date/lunar, exit intent, persona (in-memory store), music (real audio files made with
-espeak-ng and sox), weather (Open-Meteo and QWeather fakes) and Home Assistant (a fake HA REST
+espeak-ng, encoded with PyAV), weather (Open-Meteo and QWeather fakes) and Home Assistant (a fake HA REST
 server)."""
 
 from __future__ import annotations
@@ -135,8 +135,11 @@ async def test_persona_errors() -> None:
 
 @pytest.fixture(scope="module")
 def music_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (shutil.which("sox") and shutil.which("espeak-ng")):
-        pytest.skip("sox and espeak-ng are needed to make test songs")
+    if not shutil.which("espeak-ng"):
+        pytest.skip("espeak-ng is needed to make test songs (scripts/install.sh)")
+    from harness.audio_files import encode_pcm, tone
+    from server.audio.pcm import read_wav
+
     d = tmp_path_factory.mktemp("music")
     (d / "album").mkdir()
 
@@ -144,10 +147,11 @@ def music_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
     run("espeak-ng", "-v", "cmn", "-w", str(d / "speech.tmp.wav"), "晴天，刮风这天我试过握着你手")
-    run("sox", str(d / "speech.tmp.wav"), str(d / "晴天.mp3"))
+    pcm, rate = read_wav((d / "speech.tmp.wav").read_bytes())
+    (d / "晴天.mp3").write_bytes(encode_pcm(pcm, rate, "mp3", kbps=64))
     (d / "speech.tmp.wav").unlink()
-    run("sox", "-n", "-r", "44100", "-c", "2", str(d / "album" / "七里香.flac"), "synth", "1.5", "sine", "440")
-    run("sox", "-n", "-r", "22050", "-c", "1", str(d / "01 - Yellow Submarine.ogg"), "synth", "1", "sine", "330")
+    (d / "album" / "七里香.flac").write_bytes(encode_pcm(tone(1.5, 44100, 440), 44100, "flac", channels=2))
+    (d / "01 - Yellow Submarine.ogg").write_bytes(encode_pcm(tone(1.0, 22050, 330), 22050, "ogg"))
     run("espeak-ng", "-v", "en-us", "-w", str(d / "Hello World.wav"), "hello world, this is a song")
     (d / "notes.txt").write_text("not music")
     return d

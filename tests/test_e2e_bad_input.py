@@ -178,13 +178,14 @@ async def test_disconnect_mid_turn_cleans_up(server: ServerProcess) -> None:
     assert any(t["interrupted"] for t in (await metrics(server))["turns"])
 
 
-async def test_no_device_id_is_refused_before_upgrade(server: ServerProcess) -> None:
-    from websockets.exceptions import InvalidStatus
-
-    with pytest.raises(InvalidStatus) as err:
-        async with connect(server.ws_url, compression=None):
-            pass
-    assert err.value.response.status_code == 400
+async def test_no_device_id_gets_an_identity_of_its_own(server: ServerProcess) -> None:
+    """Issue 7: a connection without any device id is served under a per-connection identity
+    (server/transport/device_id.py) instead of being refused or sharing one."""
+    async with connect(server.ws_url, compression=None) as ws:
+        await ws.send(json.dumps({"type": "hello", "version": 1, "transport": "websocket"}))
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert hello["type"] == "hello"
+    assert "no device id; using a per-connection identity" in server.log_text()
 
 
 async def test_query_string_identity_for_browsers(server: ServerProcess) -> None:

@@ -1,4 +1,4 @@
-"""The streaming MP3 decoder on real MP3s: espeak-ng speech encoded by sox (LAME)."""
+"""The streaming MP3 decoder on real MP3s: espeak-ng speech encoded by LAME (through PyAV)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.audio_files import encode_pcm
 from server.audio.mp3 import Mp3DecodeError, Mp3StreamDecoder, decode_mp3
 from server.audio.pcm import read_wav, resample
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("sox") is None or shutil.which("espeak-ng") is None, reason="needs sox and espeak-ng")
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="needs espeak-ng (scripts/install.sh)")
 
 TEXT = "Hello, this is a test of the streaming decoder. One two three four five."
 # LAME delays the signal by 576 samples and FFmpeg's decoder by 529 more; with no LAME tag in the
-# file (sox writes none) nothing can trim that, so the decoded audio is the source shifted by it.
+# file (Edge sends none, and encode_pcm writes none) nothing can trim that, so the decoded audio
+# is the source shifted by it.
 # At the end LAME pads the last frame, plus up to one more frame to flush its filter bank.
 CODEC_DELAY = 576 + 529
 
@@ -30,12 +32,10 @@ def padding_ok(decoded: int, source: int, frame: int) -> bool:
 def make_mp3(tmp: Path, rate: int, kbps: int, channels: int = 1) -> tuple[bytes, np.ndarray]:
     """(MP3 bytes, the source PCM resampled to `rate`) for espeak-ng speaking TEXT."""
     wav = tmp / "speech.wav"
-    mp3 = tmp / f"speech-{rate}-{channels}.mp3"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), TEXT], check=True, capture_output=True)
-    subprocess.run(["sox", str(wav), "-r", str(rate), "-c", str(channels), "-C", str(kbps), str(mp3)],
-                   check=True, capture_output=True)
     pcm, src_rate = read_wav(wav.read_bytes())
-    return mp3.read_bytes(), np.frombuffer(resample(pcm, src_rate, rate), np.int16)
+    mp3 = encode_pcm(pcm, src_rate, "mp3", out_rate=rate, channels=channels, kbps=kbps)
+    return mp3, np.frombuffer(resample(pcm, src_rate, rate), np.int16)
 
 
 @pytest.fixture(scope="module")

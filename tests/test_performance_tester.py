@@ -496,3 +496,24 @@ async def test_bad_usage_exits_2() -> None:
     assert code == 2 and "--url" in stderr
     code, _, stderr = await run_tool("--only", "asr,nope", timeout=60)
     assert code == 2 and "nope" in stderr
+
+
+async def test_url_of_a_server_without_health_or_metrics(tmp_path: Path) -> None:
+    """Pointed at a server that is not ours (no /health, no /metrics, and it closes the socket
+    after an abort, as the reference server did): the run goes on without the stage breakdown
+    and ends with a report, not a traceback."""
+    from harness.fakes.reference_like import ReferenceLikeServer
+
+    async with ReferenceLikeServer() as ref:
+        out = tmp_path / "ref.json"
+        code, stdout, stderr = await run_tool("--e2e", "--url", ref.ws_url, "--http-url", ref.http_url,
+                                              "--devices", "1", "--prompts", "1", "--out", str(out), timeout=180)
+        assert ref.aborts == 1
+    assert "Traceback" not in stdout + stderr, stdout + stderr
+    assert code in (0, 1), stdout + stderr
+    assert "no /health" in stderr
+    e2e = json.loads(out.read_text(encoding="utf-8"))["e2e"]
+    question = next(t for t in e2e["turns"] if t["kind"] == "question")
+    assert question["ok"] and question["stt_text"] == "hello" and question["frames"] > 0, question
+    assert any("no /metrics" in note for note in e2e["notes"]), e2e["notes"]
+    assert e2e["server_turns"] == []

@@ -127,8 +127,10 @@ def test_dialogue_is_bounded_and_marks_interruptions() -> None:
     msgs = d.messages("sys", "now", context="ctx")
     roles = [m.role for m in msgs]
     assert roles == ["system", "system", "user", "assistant", "user", "assistant", "user"]
-    assert msgs[3].content == "B [interrupted by the user]"
-    assert "before answering" in msgs[5].content
+    # Only what was said, cut off: no bracketed annotation a model could copy into a reply.
+    assert msgs[3].content == "B…"
+    assert msgs[5].content == "…"
+    assert not any("[" in m.content or "interrupted" in m.content for m in msgs)
     assert msgs[-1].content == "now"
 
 

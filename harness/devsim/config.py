@@ -26,6 +26,13 @@ class DeviceConfig:
     tools: Sequence[McpTool] | None = None  # replaces the default MCP tools
     extra_tools: Sequence[McpTool] = ()  # appended after the default tools
     volume: int = 70
+    # Clients other than the firmware (third-party clients written for the reference server).
+    # The firmware plays every queued frame even after `tts stop`; the reference server's
+    # browser page and py-xiaozhi (auto mode) clear their playback buffer on `tts stop`, and both
+    # play later than on arrival (Firmware._clear_unplayed; docs/tts-stop-grace.md).
+    clear_on_stop: bool = False
+    playback_delay_ms: float = 0.0  # audio plays this long after the firmware model says
+    hold_back_ms: float = 0.0  # the end of a reply shorter than this waits for more audio
     # Source address of the device's connections (e.g. 127.0.0.7: another "host" on the
     # loopback network, for per-address limits); empty: the OS picks.
     local_address: str = ""

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 EventKind = Literal["text", "binary", "close"]
+# Decoded Opus silence is exactly or nearly zero; speech frames are far above this (PCM16 RMS).
+SILENCE_RMS = 64.0
+
+
+def _rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], np.int16).astype(np.float64)
+    return float(np.sqrt(np.mean(samples ** 2))) if samples.size else 0.0
+
 DropReason = Literal["not_speaking", "overflow", "malformed"]
 
 
@@ -25,6 +35,8 @@ class DeviceEvent:
     accepted: bool = False  # True if it entered the decode queue
     drop_reason: DropReason | None = None
     queue_depth: int = 0  # decode-queue depth right after this frame
+    play_end: float | None = None  # when the firmware model finishes playing this frame
+    cleared: bool = False  # dropped unplayed by a client that clears its buffer on tts stop
     # close
     close_code: int | None = None
     close_reason: str | None = None
@@ -78,6 +90,16 @@ class TurnResult:
     @property
     def reply_duration_ms(self) -> float:
         return len(self.reply_pcm) / 2 / self.reply_sample_rate * 1000
+
+    @property
+    def speech_lost_ms(self) -> float:
+        """Reply audio that was not silence and that a client clearing its buffer on `tts stop`
+        never played (DeviceConfig.clear_on_stop); 0 for the firmware."""
+        lost = 0.0
+        for event in self.events:
+            if event.kind == "binary" and event.cleared and event.pcm and _rms(event.pcm) > SILENCE_RMS:
+                lost += event.duration_ms or 0.0
+        return lost
 
     def timings(self) -> dict[str, float]:
         """Derived latencies in ms; keys are present only when both ends were observed."""

@@ -203,6 +203,8 @@ class Firmware:
         if state == "start":
             self.audio.tts_start(t)
         elif state == "stop":
+            if self.config.clear_on_stop:
+                self._clear_unplayed(t)
             self.audio.tts_stop(t)
         elif state == "sentence_start":
             if not isinstance(obj.get("text"), str):
@@ -283,10 +285,37 @@ class Firmware:
             event.drop_reason = "overflow"
             return
         event.accepted = True
+        event.play_end = self.audio.playback.drained_at()
         try:
             event.pcm = self.audio.decode(frame.payload)
         except ValueError as exc:
             self.violations.append(f"undecodable downlink Opus packet: {exc}")
+
+
+    def _clear_unplayed(self, when: float) -> None:
+        """A client that clears its playback buffer on `tts stop` (the browser page,
+        py-xiaozhi in auto mode): frames of this reply not yet played at `when` are lost. Such a
+        client plays `playback_delay_ms` later than the firmware model, and holds back the last
+        `hold_back_ms` of a reply until more audio comes (the page plays in 120 ms blocks once
+        240 ms are decoded)."""
+        cfg = self.config
+        frames = []
+        for event in reversed(self.events):
+            if event.kind == "text" and event.is_msg("tts", "start"):
+                break
+            if event.kind == "binary" and event.accepted and not event.cleared:
+                frames.append(event)
+        frames.reverse()
+        held = 0.0
+        for event in reversed(frames):
+            if held >= cfg.hold_back_ms / 1000:
+                break
+            event.cleared = True  # still waiting for audio that never comes
+            held += (event.duration_ms or 0) / 1000
+        delay = cfg.playback_delay_ms / 1000
+        for event in frames:
+            if event.play_end is not None and event.play_end + delay > when:
+                event.cleared = True
 
 
 _Handler = Callable[[Firmware, float, dict[str, Any]], Awaitable[None]]

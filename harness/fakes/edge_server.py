@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,18 +52,10 @@ def espeak_voice(edge_voice: str) -> str:
 
 
 async def pcm_to_mp3(pcm: bytes, rate: int, out_rate: int = MP3_RATE, kbps: int = 48) -> bytes:
-    """PCM16 mono -> MP3 (mono, `kbps` CBR) with sox's LAME encoder."""
-    sox = shutil.which("sox")
-    if sox is None:
-        raise RuntimeError("sox is needed to make test MP3s (apt-get install sox libsox-fmt-mp3)")
-    proc = await asyncio.create_subprocess_exec(
-        sox, "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1", "-",
-        "-r", str(out_rate), "-c", "1", "-C", str(kbps), "-t", "mp3", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(pcm)
-    if proc.returncode != 0 or not out:
-        raise RuntimeError(f"sox could not write MP3 (exit {proc.returncode}): {err.decode(errors='replace')}")
-    return out
+    """PCM16 mono -> MP3 (mono, `kbps` CBR, bare frames like Edge's), encoded in-process with PyAV."""
+    from harness.audio_files import encode_pcm
+
+    return await asyncio.to_thread(encode_pcm, pcm, rate, "mp3", out_rate=out_rate, kbps=kbps)
 
 
 async def speech_mp3(text: str, voice: str = "en-us") -> bytes:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import struct
 import time
 import uuid
@@ -553,18 +552,10 @@ async def speak(text: str, voice: str = "") -> bytes:
 
 
 async def pcm_to_mp3(pcm: bytes, rate: int, kbps: int = 48) -> bytes:
-    """PCM16 mono -> MP3 with sox (for clients that ask for mp3)."""
-    sox = shutil.which("sox")
-    if sox is None:
-        raise RuntimeError("sox is needed to make MP3 (apt-get install sox libsox-fmt-mp3)")
-    proc = await asyncio.create_subprocess_exec(
-        sox, "-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1", "-",
-        "-C", str(kbps), "-t", "mp3", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate(pcm)
-    if proc.returncode != 0 or not out:
-        raise RuntimeError(f"sox could not write MP3 (exit {proc.returncode}): {err.decode(errors='replace')}")
-    return out
+    """PCM16 mono -> MP3 (for clients that ask for mp3), encoded in-process with PyAV."""
+    from harness.audio_files import encode_pcm
+
+    return await asyncio.to_thread(encode_pcm, pcm, rate, "mp3", kbps=kbps)
 
 
 # --------------------------------------------------------------------------- CLI

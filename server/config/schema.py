@@ -97,9 +97,13 @@ class SessionConfig(Strict):
     # No voice for this long: say a short goodbye and close (the firmware gives up at 120 s).
     idle_timeout_s: float = Field(default=120, gt=0)
     exit_phrases: list[str] = Field(default_factory=lambda: ["退出", "再见", "拜拜", "goodbye", "bye bye"])
+    # Wake words recognised in `listen detect`, typed text and transcripts: one alone never becomes
+    # a question. Includes the reference server's defaults, so its clients' wake texts (the
+    # browser page sends 嘿，你好呀 after hello) are recognised.
     wake_words: list[str] = Field(default_factory=lambda: [
         "你好小智", "你好小志", "小爱同学", "你好小鑫", "嗨小智", "hi esp", "hey esp", "alexa", "jarvis",
         "hi lexin", "hey wanda", "hi joy",
+        "嘿你好呀", "你好小新", "小美同学", "小龙小龙", "喵喵同学", "小滨小滨", "小冰小冰",
     ])
     # Spoken right after a wake word (pre-rendered once per process, so it costs no LLM time).
     # Empty: no reply; the firmware plays its own wake sound.
@@ -122,6 +126,12 @@ class AudioOutConfig(Strict):
     # Frames sent ahead of real time at the start of a reply (and kept ahead afterwards). The
     # firmware drops anything beyond 40 queued frames; a few are enough to ride out jitter.
     prebuffer_frames: int = Field(default=5, ge=1, le=20)
+    # Each reply ends with this much silence before `tts stop` (0: stop right after the last
+    # frame has played). The firmware plays what it queued even after the stop, but clients
+    # written for the reference server (its browser page, py-xiaozhi in auto mode) clear their
+    # playback buffer on `tts stop` and play later than on arrival; the page also holds back the
+    # last < 240 ms until more audio comes. Measured choice: docs/tts-stop-grace.md.
+    tts_stop_grace_ms: int = Field(default=420, ge=0, le=3000)
 
 
 class AssistantConfig(Strict):

@@ -26,7 +26,10 @@ from server.conversation.metrics import TurnMetrics
 from server.conversation.turn import Turn, TurnKind
 from server.memory.manager import SessionMemory
 from server.pipeline.dialogue import Dialogue, build_context, system_prompt
+from server.pipeline.prompt_budget import PromptBudget
 from server.pipeline.responder import Responder
+from server.pipeline.tool_access import no_tools_rule
+from server.pipeline.wake_words import WakeWords
 from server.providers.base import ChatMessage
 from server.tools.base import ToolContext, ToolSource
 from server.tools.toolbox import Toolbox
@@ -65,6 +68,11 @@ class Conversation:
         self._turn_seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit_phrases = {normalize(p) for p in cfg.session.exit_phrases}
+        # A wake word alone is never a question (server/pipeline/wake_words.py).
+        self.wake_words = WakeWords(cfg.session.wake_words)
+        # Every LLM request fits the model's context window; one budget per conversation, so a
+        # cut is logged once per session (server/pipeline/prompt_budget.py).
+        self.prompt_budget = PromptBudget.for_llm(runtime.llm, self.tag)
 
         memory = runtime.memory
         self.user_id = memory.user_for(identity) if memory is not None else identity
@@ -262,7 +270,7 @@ class Conversation:
     def responder(self, on_first_token: Callable[[], None] | None = None) -> Responder:
         cfg = self.runtime.config.intent
         return Responder(self.runtime.llm, self.toolbox, mode=cfg.mode, max_rounds=cfg.max_tool_rounds,
-                         language=self.language, on_first_token=on_first_token)
+                         language=self.language, on_first_token=on_first_token, budget=self.prompt_budget)
 
     async def build_messages(self, user_text: str) -> list[ChatMessage]:
         """System prompt (persona), context (time, memory, device), history and the new text."""
@@ -290,6 +298,11 @@ class Conversation:
         capabilities = ([spec.description.split(".")[0] for spec in self.device_tools.specs()]
                         if self.device_tools is not None else [])
         system = system_prompt(persona or cfg.assistant.prompt, cfg.assistant.name, self.language)
+        if not self.responder().can_act():
+            # No tool can run this turn: say so, and do not list what the device could do (the
+            # model read that list as things it had done). server/pipeline/tool_access.py
+            system = f"{system} {no_tools_rule(self.language)}"
+            capabilities = []
         context = build_context(self.language, summary=summary, capabilities=capabilities[:12])
         return self.dialogue.messages(system, user_text, context=context,
                                       token_budget=cfg.assistant.history_token_budget)

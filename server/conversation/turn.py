@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.conversation.metrics import TurnMetrics
-from server.pipeline.emotion import DEFAULT_EMOTION, emotion_of
+from server.pipeline.emotion import DEFAULT_EMOTION, reply_emotion
 from server.pipeline.phrases import phrase
 from server.pipeline.responder import Audio, EndSession, Item, Sentence
 from server.providers.base import ProviderError
@@ -173,6 +173,13 @@ class Turn:
 
     async def _answer(self, text: str) -> None:
         c = self.conversation
+        # A wake word is not a question: alone it starts nothing; in front of one it is dropped.
+        rest = c.wake_words.strip_leading(text)
+        if not rest:
+            log.info("[%s] %r is only a wake word: not answered", c.tag, text)
+            self.user_text = ""
+            return
+        text = rest
         self.user_text = text
         if self.kind == "text":
             self.metrics.asr_done = time.monotonic()
@@ -342,7 +349,7 @@ class Turn:
                 log.warning("[%s] cannot say %r: %s", c.tag, text, exc)
                 return
         self._mark_tts_chunk()
-        await self._send_emotion("")
+        await self._send_emotion(text)
         if not self.active:
             return
         await self._deliver_sentence(text)
@@ -363,7 +370,9 @@ class Turn:
             return
         self.emotion_sent = True
         if self.active:
-            await self.conversation.host.deliver_emotion(self, emotion_of(raw) or DEFAULT_EMOTION)
+            # From the reply itself (its emoji, else its words), so the face follows what is said.
+            emotion = reply_emotion(raw) if raw.strip() else DEFAULT_EMOTION
+            await self.conversation.host.deliver_emotion(self, emotion)
 
     async def _finish(self) -> None:
         """Normal end: the host waits until the last packet has played, then closes the reply."""

@@ -57,12 +57,24 @@ class Dialogue:
             exchanges = kept[::-1]
         for ex in exchanges:
             out.append(ChatMessage("user", ex.user))
-            reply = ex.assistant
-            if ex.interrupted:
-                reply = f"{reply} [interrupted by the user]" if reply else "[interrupted by the user before answering]"
-            out.append(ChatMessage("assistant", reply))
+            out.append(ChatMessage("assistant", history_reply(ex)))
         out.append(ChatMessage("user", user_text))
         return out
+
+
+# How an interrupted reply appears in the prompt. Models copy bracketed annotations they see in
+# their own past turns ("[interrupted by the user before answering]" was spoken aloud to a
+# py-xiaozhi user), so the history shows only what was said, cut off with an ellipsis, the way a
+# transcript of an interruption reads; an ellipsis copied into a reply is not speakable and the
+# sentence splitter drops it. Roles still alternate (some chat templates require it).
+CUT_OFF = "…"
+
+
+def history_reply(ex: Exchange) -> str:
+    if not ex.interrupted:
+        return ex.assistant
+    reply = ex.assistant.rstrip()
+    return f"{reply}{CUT_OFF}" if reply else CUT_OFF
 
 
 def estimate_tokens(text: str) -> int:

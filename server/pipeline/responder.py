@@ -23,7 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from server.pipeline.prompt_budget import PromptBudget, estimate_tokens
 from server.pipeline.splitter import SentenceSplitter
+from server.pipeline.tool_access import can_act, cannot_act_reply, is_action_request
 from server.providers.base import ChatMessage, LLMProvider, LLMRequest, ToolCall
 from server.tools.base import ToolAction, ToolResult
 from server.tools.results import EndSession  # also the item that ends the session after the reply
@@ -60,6 +62,10 @@ INTENT_PROMPT = {
 }
 
 
+# Room for the classifier's JSON answer in intent_llm mode.
+INTENT_REPLY_TOKENS = 200
+
+
 @dataclass
 class ResponderStats:
     llm_first_token: float | None = None
@@ -71,8 +77,12 @@ class ResponderStats:
 
 class Responder:
     def __init__(self, llm: LLMProvider, toolbox: Toolbox | None, *, mode: str = "function_call", max_rounds: int = 3,
-                 language: str = "en", on_first_token: Callable[[], None] | None = None) -> None:
+                 language: str = "en", on_first_token: Callable[[], None] | None = None,
+                 budget: PromptBudget | None = None) -> None:
         self.llm = llm
+        # Every request is cut to the model's context window (one budget per session, so its
+        # warning is logged once per session); a new one here when the caller has none.
+        self.budget = budget if budget is not None else PromptBudget.for_llm(llm)
         self.toolbox = toolbox
         self.mode = mode
         self.max_rounds = max_rounds
@@ -88,6 +98,10 @@ class Responder:
             return []
         return self.toolbox.openai_tools()
 
+    def can_act(self) -> bool:
+        """Whether this turn can run any tool at all (see server/pipeline/tool_access.py)."""
+        return can_act(self.llm, self.mode, bool(self._tools()))
+
     async def run(self, messages: list[ChatMessage]) -> AsyncIterator[Item]:
         tools = self._tools()
         if tools and self.mode == "intent_llm":
@@ -96,6 +110,11 @@ class Responder:
             return
         if not self.llm.supports_tools:
             tools = []
+        if not tools and messages and messages[-1].role == "user" and is_action_request(messages[-1].content):
+            # No tool can run: say so instead of letting the model pretend it did it.
+            reply = cannot_act_reply(self.language)
+            yield Sentence(reply, reply)
+            return
         for round_no in range(self.max_rounds + 1):
             # The last round offers no tools, so a model stuck calling tools must answer.
             offer = tools if round_no < self.max_rounds else []
@@ -122,7 +141,8 @@ class Responder:
                       calls: list[ToolCall]) -> AsyncIterator[Sentence]:
         splitter = SentenceSplitter()
         raw = ""
-        async for delta in self.llm.stream(LLMRequest(messages=list(messages), tools=tools)):
+        fitted = self.budget.fit(messages, tools)
+        async for delta in self.llm.stream(LLMRequest(messages=fitted.messages, tools=fitted.tools)):
             if delta.text:
                 self.stats.text_chunks += 1
                 if self.stats.llm_first_token is None:
@@ -174,10 +194,18 @@ class Responder:
 
     async def _intent_llm(self, messages: list[ChatMessage]) -> AsyncIterator[Item]:
         assert self.toolbox is not None
-        listing = "\n".join(f"- {name}: {desc}" for name, desc in self.toolbox.describe())
-        prompt = INTENT_PROMPT.get(self.language, INTENT_PROMPT["en"]).format(tools=listing)
+        lines = [f"- {name}: {desc}" for name, desc in self.toolbox.describe()]
+        template = INTENT_PROMPT.get(self.language, INTENT_PROMPT["en"])
         recent = [m for m in messages if m.role in ("user", "assistant")][-5:]
-        request = LLMRequest(messages=[ChatMessage("system", prompt), *recent], max_tokens=200, temperature=0.0)
+        limit = self.budget.limit_for(INTENT_REPLY_TOKENS)
+        if limit is not None:
+            # The listing gets what the instructions and the last message leave (older messages
+            # of `recent` are dropped by fit() below if the listing needs their room).
+            fixed = estimate_tokens(template) + sum(estimate_tokens(m.content) + 8 for m in recent[-1:])
+            lines = self.budget.fit_lines(lines, max(0, limit - fixed))
+        prompt = template.format(tools="\n".join(lines))
+        fitted = self.budget.fit([ChatMessage("system", prompt), *recent], reply_tokens=INTENT_REPLY_TOKENS)
+        request = LLMRequest(messages=fitted.messages, max_tokens=INTENT_REPLY_TOKENS, temperature=0.0)
         raw = "".join([d.text async for d in self.llm.stream(request)])
         call = parse_intent(raw)
         if call is not None:

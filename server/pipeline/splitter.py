@@ -31,7 +31,26 @@ def text_weight(text: str) -> int:
     return cjk + words
 
 
+# Meta text a model writes but nobody should hear: [bracketed notes] and 【notes】 (models copy
+# annotations like "[interrupted by the user]" from their context), an unclosed one at the end of
+# a reply, <tags>, and stage directions in parentheses ("(laughs)", "（停顿）").
+OPEN_BRACKETS = "[【"
+CLOSE_BRACKETS = "]】"
+_BRACKETED = re.compile(r"\[[^\[\]]*\]|【[^【】]*】|\[[^\]]*$|【[^】]*$|</?[A-Za-z_][^<>]*>")
+_STAGE = re.compile(r"[(（]\s*(?:interrupt\w*|paus\w*|laugh\w*|sigh\w*|silence|no answer|smil\w*|giggl\w*|"
+                    r"笑|大笑|微笑|停顿|沉默|叹气|被打断\w*)[^()（）]{0,30}[)）]", re.IGNORECASE)
+# An unclosed bracket holds the splitter back at most this many characters (a stray "[" must not
+# silence the rest of a reply).
+MAX_BRACKET_HOLD = 200
+
+
+def strip_meta(text: str) -> str:
+    """Remove bracketed meta text (see above); the words around it stay."""
+    return _STAGE.sub("", _BRACKETED.sub("", text))
+
+
 def clean_for_speech(text: str) -> str:
+    text = strip_meta(text)
     text = EMOJI.sub("", text)
     text = _MARKDOWN.sub("", text)
     text = text.replace("*", "").replace("#", "")
@@ -76,7 +95,19 @@ class SentenceSplitter:
     def _find_cut(self) -> int | None:
         buf = self._buf
         first = self._emitted == 0
+        depth = 0
+        opened = 0
         for i, ch in enumerate(buf):
+            if ch in OPEN_BRACKETS:
+                if depth == 0:
+                    opened = i
+                depth += 1
+                continue
+            if ch in CLOSE_BRACKETS:
+                depth = max(0, depth - 1)
+                continue
+            if depth and i - opened < MAX_BRACKET_HOLD:
+                continue  # never cut inside [meta text]: it is removed whole once closed
             if ch in HARD or ch == ".":
                 if ch == ".":
                     # Need to see what follows a '.' before deciding (decimal point, "e.g.").

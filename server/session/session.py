@@ -16,8 +16,9 @@ import time
 from collections.abc import AsyncIterable, Coroutine
 from typing import Any
 
+from server.audio.silence import silence_frames
 from server.audio.voice import Voice
-from server.conversation import Conversation, Turn, TurnKind, TurnMetrics, normalize
+from server.conversation import Conversation, Turn, TurnKind, TurnMetrics
 from server.pipeline.emotion import emoji_for
 from server.pipeline.phrases import phrase
 from server.protocol import (
@@ -51,6 +52,11 @@ from server.session.uplink import Uplink
 
 log = logging.getLogger("server.session")
 
+# After a `tts stop` in auto mode the firmware (once its queue drained, <= 2.4 s) and py-xiaozhi
+# (at once) send `listen start` again: within this window that one is routine, not the user
+# taking the floor.
+RELISTEN_WINDOW_S = 4.0
+
 
 class Session:
     """A board's WebSocket session; `run(frames)` until the device goes away or we close."""
@@ -71,7 +77,7 @@ class Session:
         self.last_activity = time.monotonic()
         self._warn = RateLimitedLog()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+        self._relisten_expected_until = 0.0
         self.text_guard = TypedTextGuard(cfg.session.max_text_chars, cfg.session.text_turns_per_minute)
         self.downlink = Downlink(endpoint, self.session_id, framing_version=self.framing_version,
                                  frame_ms=cfg.audio_out.frame_duration_ms,
@@ -250,12 +256,21 @@ class Session:
     async def _on_listen(self, msg: Listen) -> None:
         self.last_activity = time.monotonic()
         if msg.state == "start":
+            if self._takes_the_floor():
+                # py-xiaozhi's `r` (manual listen start) while a reply plays: the client is
+                # listening now. Stop the reply without a `tts stop`, which would move a
+                # manual-mode client from listening to idle and lose the user's recording.
+                turn = self.conversation.cancel_current("floor")
+                if turn is not None:
+                    turn.reply_closed = True
+                    self.downlink.drop_buffered()
+                    self._spawn(self.conversation.settle(turn, "floor"), "floor")
             self.uplink.start(msg.mode)
         elif msg.state == "stop":
             self.uplink.stop()
         elif msg.state == "detect":
             text = (msg.text or "").strip()
-            if not text or normalize(text) in self._wake_words:
+            if not text or self.conversation.wake_words.is_wake_word(text):
                 self.uplink.wake(text)
             else:
                 refusal = self.text_guard.refusal(text)
@@ -274,7 +289,23 @@ class Session:
         if reason == "wake_word_detected":
             self.uplink.reset()
         if not stopped:
-            await self.downlink.tts_stop(None)
+            await self._tts_stop(None)
+
+    async def _tts_stop(self, turn: Turn | None) -> None:
+        if self.uplink.mode == "auto":
+            self._relisten_expected_until = time.monotonic() + RELISTEN_WINDOW_S
+        await self.downlink.tts_stop(turn)
+
+    def _takes_the_floor(self) -> bool:
+        """A `listen start` while the current turn is speaking is the user taking the floor,
+        unless it is the routine one a client sends after our `tts stop` in auto mode."""
+        turn = self.current_turn
+        if turn is None or not turn.active or not turn.reply_started or turn.reply_closed:
+            return False
+        if time.monotonic() < self._relisten_expected_until:
+            self._relisten_expected_until = 0.0
+            return False
+        return True
 
     # ------------------------------------------------------------------ device tools
 
@@ -361,13 +392,25 @@ class Session:
         return await self.downlink.send_frame(turn, packet)
 
     async def reply_finished(self, turn: Turn) -> None:
+        await self._send_stop_grace(turn)
         await self.downlink.wait_played(turn)
         if turn.active:
-            await self.downlink.tts_stop(turn)
+            await self._tts_stop(turn)
+
+    async def _send_stop_grace(self, turn: Turn) -> None:
+        """The quiet tail before `tts stop` (audio_out.tts_stop_grace_ms, docs/tts-stop-grace.md):
+        clients that play late and clear their buffer on stop still play the real end."""
+        a = self.services.config.audio_out
+        if not turn.metrics.frames_sent:
+            return
+        for packet in silence_frames(a.tts_stop_grace_ms, sample_rate=a.sample_rate, frame_ms=a.frame_duration_ms,
+                                     bitrate=a.bitrate):
+            if not await self.downlink.output.send_frame(turn, packet):
+                return
 
     async def reply_interrupted(self, turn: Turn, why: str) -> None:
         self.downlink.drop_buffered()
-        await self.downlink.tts_stop(turn)
+        await self._tts_stop(turn)
 
     async def turn_ended(self, turn: Turn) -> None:
         if self.current_turn is turn:

@@ -21,6 +21,7 @@ from server.protocol.errors import ProtocolError
 from server.protocol.safe_json import loads_limited
 from server.runtime import Services
 from server.transport.auth import TokenAuth, bearer_token
+from server.transport.device_id import loggable, normalize_device_id, safe_client_id
 from server.transport.limits import RateLimiter, client_address, is_loopback
 from server.transport.ota import find_newer_firmware, ota_response, websocket_url_for
 
@@ -147,14 +148,18 @@ class HttpApi:
         if body is None:
             return self._json({"error": "request body too large"}, status=413)
         headers = request.headers
-        device_id = raw_device_id(headers.get("Device-Id") or _text_field(body.get("mac_address")))
-        client_id = (headers.get("Client-Id") or _text_field(body.get("uuid"))).strip()
+        # Validated before anything logs or stores them (server/transport/device_id.py).
+        device_id = (normalize_device_id(headers.get("Device-Id"))
+                     or normalize_device_id(_text_field(body.get("mac_address"))) or "")
+        client_id = safe_client_id(headers.get("Client-Id") or _text_field(body.get("uuid")))
         app = body.get("application") if isinstance(body.get("application"), dict) else {}
         board = body.get("board") if isinstance(body.get("board"), dict) else {}
         version = _text_field(app.get("version"))
         board_type = _text_field(board.get("type"))
         if not device_id:
-            return self._json({"error": "Device-Id header is required"}, status=400)
+            raw = headers.get("Device-Id") or body.get("mac_address")
+            log.info("OTA from %s: device id %s is not a MAC or UUID: 400", request.remote, loggable(raw))
+            return self._json({"error": "Device-Id header (a MAC address or UUID) is required"}, status=400)
         token, activation = "", None
         if self.auth.enabled:
             if self.pairing is None or device_id in self.auth.allowed_devices:
@@ -197,8 +202,8 @@ class HttpApi:
             return self._json({"error": "request body too large"}, status=413)
         if not self.auth.enabled or self.pairing is None:
             return self._json({"status": "ok"})
-        device_id = raw_device_id(request.headers.get("Device-Id", ""))
-        client_id = request.headers.get("Client-Id", "").strip()
+        device_id = normalize_device_id(request.headers.get("Device-Id")) or ""
+        client_id = safe_client_id(request.headers.get("Client-Id"))
         if device_id and await self.pairing.is_paired(device_id, client_id):
             return self._json({"status": "ok"})
         # Unknown, pending, or another client's id: the same answer, so nothing is revealed.

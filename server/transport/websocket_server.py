@@ -25,6 +25,7 @@ from server.runtime import Services
 from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
+from server.transport.device_id import resolve_identity, safe_client_id
 from server.transport.limits import ConnectionSlots, client_address
 
 log = logging.getLogger("server.ws")
@@ -91,10 +92,13 @@ class WsEndpoint:
 def device_info_from(request: Request, remote: str) -> DeviceInfo:
     headers = request.headers
     query = {k.lower(): v[0] for k, v in parse_qs(urlsplit(request.path).query).items() if v}
-    device_id = (headers.get("Device-Id") or query.get("device-id") or query.get("device_id") or "").strip().lower()
-    client_id = (headers.get("Client-Id") or query.get("client-id") or query.get("client_id") or "").strip()
+    raw_device = headers.get("Device-Id") or query.get("device-id") or query.get("device_id")
+    raw_client = headers.get("Client-Id") or query.get("client-id") or query.get("client_id")
+    # Missing, `None` or malformed ids get a per-connection identity (or the client id), never a
+    # shared one, and never reach a log line raw (see server/transport/device_id.py).
+    identity = resolve_identity(raw_device, raw_client, remote=remote, where="WebSocket")
     version = headers.get("Protocol-Version") or query.get("protocol-version")
-    return DeviceInfo(device_id=device_id, client_id=client_id, remote=remote,
+    return DeviceInfo(device_id=identity.device_id, client_id=safe_client_id(raw_client), remote=remote,
                       protocol_version=framing.negotiate_version(version),
                       user_agent=headers.get("User-Agent", ""), host=headers.get("Host", ""))
 
@@ -138,10 +142,6 @@ class DeviceServer:
             return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n",
                                 "connections_refused")
         info = device_info_from(request, remote)
-        if not info.device_id:
-            log.warning("rejected connection from %s: no Device-Id header or device-id query parameter", remote)
-            return connection.respond(http.HTTPStatus.BAD_REQUEST,
-                                      "Device-Id header (or ?device-id= query parameter) is required\n")
         result = self.auth.check(info.device_id, info.client_id, authorization_from(request))
         reason = result.reason
         if reason is None and self.auth.enabled and self.pairing is not None and not result.allow_listed:
