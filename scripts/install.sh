@@ -15,8 +15,10 @@ LLAMA_VERSION=0.3.36
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
 # 1. System packages: libopus (Opus codec), espeak-ng + sox (test speech), a compiler and cmake
-#    (llama.cpp is built from source), Python venv support.
-APT_PKGS=(libopus0 espeak-ng sox libsox-fmt-base build-essential cmake git ca-certificates)
+#    (llama.cpp is built from source), Python venv support; postgresql, haproxy and redis-server
+#    for the fleet tests (each test starts its own instance on 127.0.0.1; none runs as a service).
+APT_PKGS=(libopus0 espeak-ng sox libsox-fmt-base build-essential cmake git ca-certificates
+          postgresql haproxy redis-server)
 command -v python3 >/dev/null 2>&1 || APT_PKGS+=(python3 python3-dev python3-venv)
 if [ "${XZ_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
@@ -77,7 +79,7 @@ if [ ! -f "$STAMP" ]; then
   fi
   # 5. The project and everything else (ranges in pyproject.toml), plus the test tools.
   say "installing Python dependencies"
-  "${PIP[@]}" install -e ".[dev]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
+  "${PIP[@]}" install -e ".[dev,postgres]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -10,12 +10,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
+from server.fleet.node import FleetNode
 from server.services import Services, build_services
+from server.state.datadir_lock import DataDirLock
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
 from server.transport.websocket_server import DeviceServer
@@ -28,6 +31,21 @@ def make_auth(config: AppConfig, data_dir: Path) -> TokenAuth:
     secret = a.secret.encode() if a.secret else load_or_create_secret(data_dir / "auth_secret")
     return TokenAuth(secret=secret, ttl_seconds=a.token_ttl_days * 86400, enabled=a.enabled,
                      allowed_devices=frozenset(a.allowed_devices))
+
+
+def embedded_data_lock(config: AppConfig, data_dir: Path) -> DataDirLock | None:
+    """One process per embedded data directory (a fleet shares PostgreSQL, not data/)."""
+    if config.state.shared:
+        return None
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    return lock
+
+
+def _async(fn: Any) -> Any:
+    async def call() -> None:
+        fn()
+    return call
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -73,8 +91,19 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     t0 = time.monotonic()
     data_dir = root_dir / config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    auth = make_auth(config, data_dir)
-    services = await build_services(config, root_dir, auth)
+    lock = embedded_data_lock(config, data_dir)
+    try:
+        auth = make_auth(config, data_dir)
+        services = await build_services(config, root_dir, auth)
+        services.fleet = FleetNode(services)
+        await services.fleet.start()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    services._closers.insert(0, services.fleet.close)
+    if lock is not None:
+        services._closers.insert(0, _async(lock.release))
     cfg = config.server
     devices = DeviceServer(services, auth)
     ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,

@@ -19,7 +19,6 @@ from server.audio.opus import OpusEncoder
 from server.audio.pcm import StreamResampler
 from server.config.schema import AppConfig
 from server.memory.manager import MemoryManager
-from server.memory.store import SqliteMemoryStore
 from server.pipeline.dialogue import Dialogue, system_prompt, time_context
 from server.providers.base import LLMRequest, ProviderContext, ProviderUnavailable
 from server.providers.fallback import CHAINS
@@ -53,6 +52,8 @@ class Services:
     device_tools_factory: Any = None
     iot_tools_factory: Any = None
     vision: Any = None  # VisionHandler for /mcp/vision/explain
+    state: Any = None  # StateBackend (server/state): memory store, leases, fleet bus
+    fleet: Any = None  # FleetNode (server/fleet/node.py), set by app.py
     _http: Any = None
     _closers: list[Any] = field(default_factory=list)
 
@@ -191,10 +192,12 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
         raise errors[0]
     services = Services(config=config, root_dir=root_dir, **providers)
     try:
-        store = SqliteMemoryStore(services.data_dir / config.memory.db)
-        await store.open()
-        services._closers.append(store.close)
-        services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
+        from server.state import open_state
+
+        services.state = await open_state(config.state, services.data_dir, config.memory.db)
+        services._closers.append(services.state.close)
+        services.memory = MemoryManager(config.memory, services.state.memory, services.llm,
+                                        config.assistant.language)
         if config.plugins:
             from server.tools.plugins import PluginTools
 

@@ -91,3 +91,23 @@ async def http_json(url: str) -> Any:
 
 async def speech(text: str) -> bytes:
     return await synthesize_speech(text)
+
+
+# ---------------------------------------------------------------- fleet engines (harness/fleet)
+
+
+@pytest.fixture(scope="session")
+async def pg_cluster() -> AsyncIterator[Any]:
+    """A real PostgreSQL on a free 127.0.0.1 port for the whole run; tests take fresh databases."""
+    from harness.fleet.engines import in_thread, postgres_cluster
+
+    async with in_thread(postgres_cluster()) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+async def redis_engine() -> AsyncIterator[Any]:
+    from harness.fleet.engines import in_thread, redis_server
+
+    async with in_thread(redis_server()) as redis:
+        yield redis

@@ -150,6 +150,12 @@ def validate(raw: dict[str, Any]) -> AppConfig:
         else:
             setattr(config, kind, validate_provider(kind, value))
     validate_plugins(config)
+    from server.state.config import fleet_problems
+
+    problems = fleet_problems(config)
+    if problems:
+        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+                                         if len(problems) > 1 else ""))
     from server.mcp_ext import parse_mcp_servers
 
     try:

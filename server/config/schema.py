@@ -13,8 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.devices.mcp_client import DeviceToolsConfig
+from server.fleet.config import PrometheusConfig
 from server.memory.manager import MemoryConfig
 from server.providers.base import ProviderSettings
+from server.state.config import StateConfig
 from server.transport.vision import VisionConfig
 
 
@@ -125,6 +127,9 @@ class AppConfig(Strict):
     vision: VisionConfig = Field(default_factory=VisionConfig)
     # External MCP servers: validated by server.mcp_ext (the loader replaces this mapping).
     mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    # Where memory, leases and presence live: embedded SQLite (default) or a shared PostgreSQL.
+    state: StateConfig = Field(default_factory=StateConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
