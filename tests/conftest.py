@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -96,18 +96,19 @@ async def speech(text: str) -> bytes:
 # ---------------------------------------------------------------- fleet engines (harness/fleet)
 
 
+# Plain (not async) fixtures: async fixtures may ask for them with request.getfixturevalue.
 @pytest.fixture(scope="session")
-async def pg_cluster() -> AsyncIterator[Any]:
+def pg_cluster() -> Iterator[Any]:
     """A real PostgreSQL on a free 127.0.0.1 port for the whole run; tests take fresh databases."""
-    from harness.fleet.engines import in_thread, postgres_cluster
+    from harness.fleet.engines import postgres_cluster
 
-    async with in_thread(postgres_cluster()) as pg:
+    with postgres_cluster() as pg:
         yield pg
 
 
 @pytest.fixture(scope="session")
-async def redis_engine() -> AsyncIterator[Any]:
-    from harness.fleet.engines import in_thread, redis_server
+def redis_engine() -> Iterator[Any]:
+    from harness.fleet.engines import redis_server
 
-    async with in_thread(redis_server()) as redis:
+    with redis_server() as redis:
         yield redis

@@ -160,7 +160,7 @@ async def test_two_processes_summarize_one_user_at_once_one_write_lands(
         pg_cluster: Any, fake_llm: FakeOpenAIServer, tmp_path: Path) -> None:
     url = await pg_cluster.new_database()
     # Two independent pools and managers: what two server processes have.
-    a, b = (await open_state(StateConfig(url=url), None) for _ in range(2))
+    a, b = [await open_state(StateConfig(url=url), None) for _ in range(2)]
     llm = await openai_llm(fake_llm, tmp_path)
     try:
         for i in range(3):
@@ -262,7 +262,7 @@ async def test_lease_local_deadline_counts_from_before_the_request() -> None:
 async def test_bus_reaches_every_process(engine: str, pg_cluster: Any, request: pytest.FixtureRequest) -> None:
     url = await pg_cluster.new_database()
     redis_url = request.getfixturevalue("redis_engine").url if engine == "redis" else ""
-    a, b = (await open_state(StateConfig(url=url, redis_url=redis_url), None) for _ in range(2))
+    a, b = [await open_state(StateConfig(url=url, redis_url=redis_url), None) for _ in range(2)]
     got_a: list[dict[str, Any]] = []
     got_b: list[dict[str, Any]] = []
     try:
