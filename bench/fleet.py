@@ -53,6 +53,29 @@ async def hello_latency(http_url: str, ws_url: str | None, count: int, rate_per_
     return result
 
 
+async def spread(http_url: str, count: int, prometheus_urls: dict[str, str], console: Console) -> None:
+    """Hold `count` listening devices through the balancer at once and read, per process, how
+    many it got and its RSS compared with before (devices per process, memory per device)."""
+    before = await node_figures(prometheus_urls)
+    devices: list[SimDevice] = []
+    try:
+        for _ in range(count):
+            dev = SimDevice()
+            await dev.ota(http_url)
+            await dev.connect()
+            await dev.listen_start("auto")
+            devices.append(dev)
+        await asyncio.sleep(2)
+        after = await node_figures(prometheus_urls)
+        for name in prometheus_urls:
+            got = after[name]["sessions"]
+            grew = after[name]["rss_mb"] - before[name]["rss_mb"]
+            console.log(f"spread: process {name} holds {got:.0f} of {count} devices; RSS {before[name]['rss_mb']} -> "
+                        f"{after[name]['rss_mb']} MB ({grew / got * 1000 if got else 0:.0f} kB per device)")
+    finally:
+        await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+
+
 async def node_figures(prometheus_urls: dict[str, str]) -> dict[str, dict[str, float]]:
     """Sessions, finished turns and RSS of each process, from its Prometheus listener."""
     import aiohttp
@@ -99,6 +122,8 @@ async def fleet_target(nodes: int, overrides: dict[str, Any], console: Console, 
                     console.log(f"hello latency {path}: {s.get('n', 0)} connects, p50 {s.get('p50')} ms, "
                                 f"p95 {s.get('p95')} ms, max {s.get('max')} ms, errors {len(res.errors)}")
             prom = {n: f.prometheus_url(n) for n in f.names}
+            if hello:
+                await spread(f.balancer.http_url, hello, prom, console)
             # The balancer's address: OTA and WebSocket go through HAProxy; /metrics is denied there,
             # so the per-turn server breakdown is not recorded (per-process figures are logged below).
             yield Target(f.balancer.ws_url, f.balancer.http_url, None, spawned=True)

@@ -61,3 +61,10 @@ def test_plugin_api_does_not_reach_into_sessions() -> None:
 def test_server_never_imports_test_tools(path: Path) -> None:
     """The shipped wheel holds only server/: the benchmark, the harness and the tests stay out."""
     assert not {m for m in our_imports(path) if m.split(".")[0] in ("bench", "harness", "tests")}
+
+
+@pytest.mark.parametrize("path", files("server/state"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_state_backends_know_no_sessions_or_transport(path: Path) -> None:
+    """Storage is below the conversation: it never reaches up into sessions, transport or the pipeline."""
+    assert not {m for m in our_imports(path) if m.startswith(("server.session", "server.transport",
+                                                              "server.pipeline", "server.fleet"))}

@@ -155,6 +155,7 @@ async def test_prometheus_is_private_and_counts_every_turn(two: Fleet) -> None:
             return total
 
         before = await turns()
+        fake.chat_script += [ChatReply(text="Okay.") for _ in range(4)]
         for _ in range(4):
             dev = await through_balancer(two)
             assert (await dev.ask_text("Count me.")).completed
@@ -168,26 +169,25 @@ async def test_prometheus_is_private_and_counts_every_turn(two: Fleet) -> None:
 
 
 async def test_process_killed_mid_reply_device_reconnects_with_history_intact(
-        pg_cluster: Any, fake: FakeOpenAIServer) -> None:
-    async with fleet(await pg_cluster.new_database(), fake) as f:
-        ident = DeviceIdentity()
-        dev = await through_balancer(f, ident)
-        assert (await dev.ask_text("Remember that my favourite colour is green.")).completed
-        await wait_rows(f, ident.mac, 1)
-        victim = served_by(dev)
-        fake.chat_script.append(ChatReply(text="This is a long story that goes on and on. " * 10,
-                                          chunk_delay_s=0.15))
-        await dev.listen_start("manual")
-        await dev.listen_detect("Tell me a long story.")
-        await dev.wait_for(lambda e: e.kind == "binary", timeout=20)  # mid-reply
-        f.server(victim).proc.kill()
-        await dev.wait_for(lambda e: e.kind == "close", timeout=10)
-        # The firmware reconnects (and re-runs OTA at boot); the balancer sends it to the survivor.
-        dev2 = await through_balancer(f, ident)
-        assert served_by(dev2) != victim
-        result = await dev2.ask_text("What is my favourite colour?")
-        assert result.completed, result.error
-        prompt = prompt_text(fake)
-        assert "Remember that my favourite colour is green." in prompt
-        assert "Tell me a long story." not in prompt, "the unfinished turn is not in the history"
-        await dev2.close()
+        two: Fleet, fake: FakeOpenAIServer) -> None:
+    """Last in this file: it kills one of the module's two processes."""
+    ident = DeviceIdentity()
+    dev = await through_balancer(two, ident)
+    assert (await dev.ask_text("Remember that my favourite colour is green.")).completed
+    await wait_rows(two, ident.mac, 1)
+    victim = served_by(dev)
+    fake.chat_script.append(ChatReply(text="This is a long story that goes on and on. " * 10, chunk_delay_s=0.15))
+    await dev.listen_start("manual")
+    await dev.listen_detect("Tell me a long story.")
+    await dev.wait_for(lambda e: e.kind == "binary", timeout=20)  # mid-reply
+    two.server(victim).proc.kill()
+    await dev.wait_for(lambda e: e.kind == "close", timeout=10)
+    # The firmware reconnects (and re-runs OTA at boot); the balancer sends it to the survivor.
+    dev2 = await through_balancer(two, ident)
+    assert served_by(dev2) != victim
+    result = await dev2.ask_text("What is my favourite colour?")
+    assert result.completed, result.error
+    prompt = prompt_text(fake)
+    assert "Remember that my favourite colour is green." in prompt
+    assert "Tell me a long story." not in prompt, "the unfinished turn is not in the history"
+    await dev2.close()

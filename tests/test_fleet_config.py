@@ -4,7 +4,6 @@ directory are refused with one line (the real `python -m server`); the Prometheu
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -123,3 +122,19 @@ def test_prometheus_text_format() -> None:
         if not line.startswith("#"):
             float(line.rsplit(" ", 1)[1])
     assert text.endswith("\n")
+
+
+def test_engine_clients_are_imported_only_when_chosen() -> None:
+    """The embedded default loads neither asyncpg nor redis-py (they are an optional extra)."""
+    code = ("import sys, asyncio, tempfile, pathlib\n"
+            "import server.app, server.config.loader\n"
+            "from server.state import open_state, StateConfig\n"
+            "d = pathlib.Path(tempfile.mkdtemp())\n"
+            "async def main():\n"
+            "    s = await open_state(StateConfig(), d)\n"
+            "    await s.close()\n"
+            "asyncio.run(main())\n"
+            "print(sorted(m for m in ('asyncpg', 'redis') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -216,7 +216,9 @@ def haproxy_config(backends: list[Backend], ws_port: int, http_port: int, stats_
     http_servers = "\n".join(
         f"    server {b.name} 127.0.0.1:{b.http_port} check inter 500ms fall 2 rise 1" for b in backends)
     return f"""global
-    maxconn 20000
+    # HAProxy raises its descriptor limit to about 2 x maxconn at start: keep it under a
+    # default ulimit (the bench's idle runs stay far below this many devices).
+    maxconn 8000
     stats socket {stats_socket} mode 600 level admin
 
 defaults
@@ -276,8 +278,12 @@ def haproxy(backends: list[Backend], ws_port: int | None = None, http_port: int 
     proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_port(ws_port, 20, proc, "haproxy")
-        wait_port(http_port, 20, proc, "haproxy")
+        try:
+            wait_port(ws_port, 20, proc, "haproxy")
+            wait_port(http_port, 20, proc, "haproxy")
+        except RuntimeError as exc:
+            log.flush()
+            raise RuntimeError(f"{exc}: {(tmp / 'haproxy.log').read_text(errors='replace')[-1500:]}") from None
         yield HAProxy(ws_port, http_port, sock, proc, text)
     finally:
         stop_process(proc)  # SIGTERM: stop now (a soft stop would wait for every tunnel to end)
