@@ -126,7 +126,9 @@ async def fleet_target(nodes: int, overrides: dict[str, Any], console: Console, 
                 await spread(f.balancer.http_url, hello, prom, console)
             # The balancer's address: OTA and WebSocket go through HAProxy; /metrics is denied there,
             # so the per-turn server breakdown is not recorded (per-process figures are logged below).
-            yield Target(f.balancer.ws_url, f.balancer.http_url, None, spawned=True)
+            # CPU and RSS are sampled on process a only (the report's "server" figures).
+            console.log(f"resource figures below are process a's (pid {f.servers[0].pid}) only")
+            yield Target(f.balancer.ws_url, f.balancer.http_url, f.servers[0].pid, spawned=True)
             for name, figures in (await node_figures(prom)).items():
                 console.log(f"process {name}: {figures['turns']:.0f} turns, {figures['sessions']:.0f} sessions now, "
                             f"RSS {figures['rss_mb']} MB")

@@ -184,3 +184,41 @@ async def test_three_jobs_two_processes_each_held_exactly_once(spawn: Any) -> No
     for n in names:
         await other.wait_for(lambda e, n=n: e["event"] == "wrote" and e["name"] == n and e["ok"]
                              and e["owner"] == other_owner, TTL * 3)
+
+
+async def test_holder_stops_at_its_own_deadline_when_the_store_hangs(redis_engine: Any, pg_cluster: Any) -> None:
+    """Redis frozen (SIGSTOP): renewals hang. The job must stop by the lease's local deadline,
+    not whenever the store answers again."""
+    from server.fleet.leased import LeasedJob
+
+    state = await open_state(StateConfig(url=await pg_cluster.new_database(), redis_url=redis_engine.url), None)
+    running = asyncio.Event()
+    stopped: list[float] = []
+
+    async def job(handle: Any) -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(time.monotonic())
+
+    leased = LeasedJob(state.leases, f"hang-{os.getpid()}-{time.monotonic_ns()}", "me", TTL, job)
+    leased.start()
+    try:
+        await asyncio.wait_for(running.wait(), 10)
+        deadline = leased.handle.lease.deadline if leased.handle else 0.0
+        os.kill(redis_engine.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(int(TTL * 20)):
+                if stopped:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            os.kill(redis_engine.proc.pid, signal.SIGCONT)
+        assert stopped, "the job kept running while the store was unreachable"
+        # The last renewal before the freeze may have moved the deadline by up to TTL/3.
+        assert stopped[0] <= deadline + TTL / 3 + 0.3
+        assert not leased.holding
+    finally:
+        await leased.stop()
+        await state.close()

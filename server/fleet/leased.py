@@ -78,11 +78,14 @@ class LeasedJob:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _try_acquire(self) -> Lease | None:
+    async def _try_acquire(self, timeout: float | None = None) -> Lease | None:
+        """None when refused, failed, or not answered within `timeout` (a store that hangs must
+        not keep a holder acting past its deadline)."""
         try:
-            return await self.leases.acquire(self.name, self.owner, self.ttl_s)
-        except Exception as exc:  # noqa: BLE001 - the store is down: try again later
-            log.warning("lease %s: acquire failed: %s", self.name, exc)
+            return await asyncio.wait_for(self.leases.acquire(self.name, self.owner, self.ttl_s),
+                                          timeout if timeout is not None else self.ttl_s)
+        except Exception as exc:  # noqa: BLE001 - the store is down or slow: try again later
+            log.warning("lease %s: acquire failed: %s", self.name, exc if str(exc) else type(exc).__name__)
             return None
 
     async def run(self) -> None:
@@ -108,7 +111,7 @@ class LeasedJob:
                     log.warning("lease %s: deadline passed before renewal (paused or store unreachable); "
                                 "stopping", self.name)
                     break
-                renewed = await self._try_acquire()
+                renewed = await self._try_acquire(timeout=max(0.05, handle.lease.deadline - time.monotonic()))
                 if renewed is None:
                     if handle.valid():
                         continue  # store unreachable: keep going until our own deadline
