@@ -15,8 +15,8 @@ from bench.components import ComponentOptions, ComponentReport, timed_item
 from bench.console import Console
 from bench.stats import summarize
 from bench.testset import Sample, builtin_samples, error_counts, sample_audio, user_samples
-from server.config.schema import AppConfig
 from harness.devsim import pad
+from server.config.schema import AppConfig
 
 RATE = 16000
 # What Session._utterance_bounds adds around detected speech: pre-roll (vad.pre_roll_ms

@@ -151,8 +151,8 @@ def user_samples(folder: str | Path) -> tuple[list[Sample], list[str]]:
 async def sample_audio(sample: Sample) -> bytes:
     """PCM16 mono 16 kHz for a sample (espeak-ng through the shared devsim generator, or the
     user's WAV resampled). Raises on unreadable files; the caller records it per sample."""
-    from server.audio.pcm import read_wav, resample
     from harness.devsim import synthesize_speech
+    from server.audio.pcm import read_wav, resample
 
     if sample.source == "espeak":
         return trim_silence(await synthesize_speech(sample.text, voice=ESPEAK_VOICES[sample.language]))

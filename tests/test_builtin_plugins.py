@@ -20,10 +20,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from server.plugin_api import ToolAction, ToolContext, ToolResult
-from server.tools.plugins import PluginConfigError, PluginTools
 from harness.fakes.hass_server import FakeHomeAssistant
 from harness.fakes.weather_server import FakeWeatherServer
+from server.plugin_api import ToolAction, ToolContext, ToolResult
+from server.tools.plugins import PluginConfigError, PluginTools
 
 
 class MemoryKV:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from server.devices import DeviceMcpClient
 from harness.devsim.mcp_device import MAX_TOOLS_LIST_PAYLOAD, DeviceMcpServer, McpProperty, McpTool, filler_tools
+from server.devices import DeviceMcpClient
 from server.providers.base import ToolCall
 from server.tools.base import ToolContext, ToolResult, ToolSource
 from server.tools.toolbox import Toolbox

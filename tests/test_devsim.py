@@ -18,8 +18,6 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
-from server.audio.opus import OpusDecoder, OpusEncoder
-from server.audio.pcm import resample
 from harness.devsim import (
     DeviceConnectError,
     DeviceMcpServer,
@@ -38,6 +36,8 @@ from harness.devsim import (
     synthesize_speech,
 )
 from harness.devsim import speech as speech_mod
+from server.audio.opus import OpusDecoder, OpusEncoder
+from server.audio.pcm import resample
 from server.protocol import pack, unpack
 
 SENTENCE_EN = "The quick brown fox jumps over the lazy dog near the river bank."

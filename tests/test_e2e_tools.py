@@ -18,9 +18,9 @@ import pytest
 from harness.devsim import SimDevice
 from harness.devsim.identity import DeviceIdentity
 from harness.devsim.server_process import ServerProcess, start_server
-from tests.conftest import similarity, speech, transcribe, words
 from harness.fakes.hass_server import FakeHomeAssistant
 from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, SpeechReply, ToolCallSpec
+from tests.conftest import similarity, speech, transcribe, words
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import pytest
 from pydantic import ValidationError
 
 import server.providers.tts.edge as edge_module
-from server.providers.base import ProviderContext
-from server.providers.tts.edge import EdgeSettings, EdgeTTS, endpoint_url
 from harness.fakes.edge_server import PATH, TRUSTED_CLIENT_TOKEN, FakeEdgeServer
 from harness.fakes.net_guard import block_internet
+from server.providers.base import ProviderContext
+from server.providers.tts.edge import EdgeSettings, EdgeTTS, endpoint_url
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.fakes.edge_server import FakeEdgeServer
+from harness.fakes.net_guard import block_internet
 from server.audio.mp3 import decode_mp3
 from server.providers.base import AudioChunk, ProviderContext, ProviderError, ProviderUnavailable
 from server.providers.tts.edge import EdgeSettings, EdgeTTS
 from tests.conftest import similarity, transcribe
-from harness.fakes.edge_server import FakeEdgeServer
-from harness.fakes.net_guard import block_internet
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.audio.pcm import write_wav
 from bench.cli import build_parser, parse_args
 from bench.compare import compare
 from bench.components import ComponentOptions, run_components
@@ -30,8 +29,9 @@ from bench.console import Console
 from bench.png import Canvas, encode_png
 from bench.stats import percentile, summarize
 from bench.testset import error_rate, speech, user_samples
-from server.config.loader import load_config
 from harness.devsim.server_process import ServerProcess
+from server.audio.pcm import write_wav
+from server.config.loader import load_config
 from server.providers.base import AudioChunk, ProviderUnavailable
 
 pytestmark = pytest.mark.e2e

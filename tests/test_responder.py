@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec
 from server.memory.store import SqliteMemoryStore
 from server.pipeline.responder import Audio, EndSession, Responder, Sentence, parse_intent
 from server.providers.base import ChatMessage, ProviderContext
@@ -17,7 +18,6 @@ from server.providers.registry import build_provider, settings_model
 from server.tools.base import ToolContext
 from server.tools.plugins import PluginTools
 from server.tools.toolbox import Toolbox
-from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec
 
 
 @pytest.fixture

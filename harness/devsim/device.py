@@ -25,7 +25,6 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from server.audio.opus import OpusDecoder
 from harness.devsim import turns
 from harness.devsim.codec import UplinkEncoder
 from harness.devsim.events import DeviceEvent, SentRecord, TurnResult
@@ -42,6 +41,7 @@ from harness.devsim.mcp_device import DeviceMcpServer, McpRequest, McpTool
 from harness.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
 from harness.devsim.receive import ReceiveMixin
 from harness.devsim.state import DeviceState, ListenMode, StateMachineMixin
+from server.audio.opus import OpusDecoder
 from server.protocol import pack
 
 HELLO_TIMEOUT_S = 10.0  # WebsocketProtocol::OpenAudioChannel waits 10 s for the server hello

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from server.audio.opus import OpusDecoder
 from harness.devsim.codec import opus_packet_duration_ms
 from harness.devsim.events import DeviceEvent
+from server.audio.opus import OpusDecoder
 from server.protocol import FramingError, ProtocolError, decode_message, unpack
 
 if TYPE_CHECKING:

@@ -544,8 +544,8 @@ async def speak(text: str, voice: str = "") -> bytes:
     """espeak-ng speaking `text`, as PCM16 mono at 24 kHz (cached per text and voice)."""
     key = (text, espeak_voice(text, voice))
     if key not in _speech_cache:
-        from server.audio.pcm import resample
         from harness.devsim import synthesize_speech
+        from server.audio.pcm import resample
 
         pcm16k = await synthesize_speech(text, voice=key[1])
         _speech_cache[key] = await asyncio.to_thread(resample, pcm16k, 16000, SPEECH_RATE)
