@@ -44,6 +44,11 @@ async def hello_latency(http_url: str, ws_url: str | None, count: int, rate_per_
             t0 = time.monotonic()
             await dev.connect(url=ws_url)
             result.latencies_ms.append(round((time.monotonic() - t0) * 1000, 2))
+            # Let the device answer the server's MCP initialize before hanging up (as a board
+            # would), so the hang-up does not race that exchange.
+            with contextlib.suppress(Exception):
+                await dev.wait_for(lambda e: e.is_msg("mcp"), timeout=2)
+                await asyncio.sleep(0.05)
         except Exception as exc:  # noqa: BLE001 - a failed connect is a finding, not a crash
             result.errors.append(repr(exc)[:200])
         finally:
