@@ -17,7 +17,7 @@ from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
 from server.fleet.node import FleetNode
-from server.services import Services, build_services
+from server.runtime import Services, build_services
 from server.state.datadir_lock import DataDirLock
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi

@@ -68,3 +68,27 @@ def test_state_backends_know_no_sessions_or_transport(path: Path) -> None:
     """Storage is below the conversation: it never reaches up into sessions, transport or the pipeline."""
     assert not {m for m in our_imports(path) if m.startswith(("server.session", "server.transport",
                                                               "server.pipeline", "server.fleet"))}
+
+
+@pytest.mark.parametrize("path", files("server/session"), ids=lambda p: p.name)
+def test_session_never_imports_transport(path: Path) -> None:
+    """A board session is handed its connection; the transport knows sessions, not the reverse."""
+    assert not {m for m in our_imports(path) if m.startswith("server.transport")}
+
+
+@pytest.mark.parametrize("path", files("server/conversation"), ids=lambda p: p.name)
+def test_conversation_core_knows_no_endpoint(path: Path) -> None:
+    """The core talks to endpoints only through ConversationHost: no socket, no xiaozhi
+    protocol, no Opus, no board session, no device-specific tool clients."""
+    forbidden = ("server.session", "server.transport", "server.protocol", "server.audio.opus", "server.devices",
+                 "server.xiaomi")
+    assert not {m for m in our_imports(path) if m.startswith(forbidden)}
+
+
+@pytest.mark.parametrize("path", files("server/session") + files("server/conversation"), ids=lambda p: p.name)
+def test_messages_are_built_from_protocol_types(path: Path) -> None:
+    """What a session sends is a server.protocol message, never a hand-written dict."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    literal_types = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Dict)
+                     and any(isinstance(k, ast.Constant) and k.value == "type" for k in node.keys)]
+    assert literal_types == []

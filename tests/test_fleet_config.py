@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from server.config.loader import ConfigError, load_config
+from server.conversation.metrics import MetricsLog, TurnMetrics
 from server.fleet.prometheus import PrometheusMetrics
-from server.session.metrics import MetricsLog, TurnMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PG = "postgresql://xz@127.0.0.1:5432/xz"

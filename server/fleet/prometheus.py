@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from server.conversation.metrics import TurnMetrics
 from server.fleet.config import parse_listen
-from server.session.metrics import TurnMetrics
 
 log = logging.getLogger("server.prometheus")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.pipeline.splitter import SentenceSplitter
-from server.providers.base import ChatMessage, LLMRequest, ToolCall
+from server.providers.base import ChatMessage, LLMProvider, LLMRequest, ToolCall
 from server.tools.base import ToolAction, ToolResult
 from server.tools.toolbox import Toolbox, ToolRun
 
@@ -73,7 +73,7 @@ class ResponderStats:
 
 
 class Responder:
-    def __init__(self, llm: Any, toolbox: Toolbox | None, *, mode: str = "function_call", max_rounds: int = 3,
+    def __init__(self, llm: LLMProvider, toolbox: Toolbox | None, *, mode: str = "function_call", max_rounds: int = 3,
                  language: str = "en", on_first_token: Callable[[], None] | None = None) -> None:
         self.llm = llm
         self.toolbox = toolbox
@@ -94,7 +94,7 @@ class Responder:
             async for item in self._intent_llm(messages):
                 yield item
             return
-        if not getattr(self.llm, "supports_tools", False):
+        if not self.llm.supports_tools:
             tools = []
         for round_no in range(self.max_rounds + 1):
             # The last round offers no tools, so a model stuck calling tools must answer.

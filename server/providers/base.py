@@ -67,8 +67,13 @@ class Provider:
     """Common life cycle. Subclasses set `kind`, `Settings`, and implement `load`."""
 
     kind: ClassVar[str] = ""
-    # Runs on this machine (warmed up at startup so the first user does not pay for it).
+    # Declared capabilities (read as plain attributes, never probed with getattr):
+    # runs on this machine (warmed up at startup so the first user does not pay for it);
     local: ClassVar[bool] = False
+    # yields its output as it is produced (LLM deltas, TTS chunks) rather than all at the end;
+    streaming: ClassVar[bool] = True
+    # an LLM that accepts `LLMRequest.tools` and answers with tool calls (OpenAI function calling).
+    supports_tools: bool = False
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
 
     def __init__(self, settings: ProviderSettings, context: ProviderContext, name: str | None = None) -> None:
@@ -98,6 +103,20 @@ class Provider:
     def describe(self) -> str:
         return self.name
 
+    def set_language(self, language: str) -> None:
+        """The assistant's language, for providers whose prompts depend on it (few-shot examples)."""
+        self.language = language
+
+
+class Loadable(Protocol):
+    """The life cycle every provider (and fallback chain) offers the runtime."""
+
+    name: str
+
+    async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 # --------------------------------------------------------------------------- VAD
 
@@ -114,7 +133,7 @@ class VADStream(Protocol):
 
 
 @runtime_checkable
-class VADProvider(Protocol):
+class VADProvider(Loadable, Protocol):
     """Sessions call `process_sync` inside `run_blocking`, together with their Opus decode, so
     one hop to the VAD thread serves both. `settings` carries the endpointing parameters."""
 
@@ -140,8 +159,9 @@ class Transcript:
 
 
 @runtime_checkable
-class ASRProvider(Protocol):
+class ASRProvider(Loadable, Protocol):
     name: str
+    local: bool
 
     async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript: ...
 
@@ -192,8 +212,16 @@ class LLMDelta:
 
 
 @runtime_checkable
-class LLMProvider(Protocol):
+class LLMProvider(Loadable, Protocol):
+    """`supports_tools`: offer tools in the request (otherwise they are left out); `streaming`:
+    deltas arrive as generated."""
+
     name: str
+    local: bool
+    streaming: bool
+    supports_tools: bool
+
+    def set_language(self, language: str) -> None: ...
 
     def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]: ...
 
@@ -208,8 +236,9 @@ class AudioChunk:
 
 
 @runtime_checkable
-class TTSProvider(Protocol):
+class TTSProvider(Loadable, Protocol):
     name: str
+    local: bool
 
     def synthesize(self, text: str) -> AsyncIterator[AudioChunk]: ...
 

@@ -30,11 +30,19 @@ class FallbackChain:
         self.cooldown_s = cooldown_s
         self._failed_at: dict[int, float] = {}
         self.name = f"{self.kind}.fallback({' > '.join(p.name for p in providers)})"
-        self.local = any(getattr(p, "local", False) for p in providers)
+        # Capabilities of a chain: local if any member is (it is warmed up like one); streaming
+        # only if every member streams.
+        self.local = any(p.local for p in providers)
+        self.streaming = all(p.streaming for p in providers)
 
-    def __getattr__(self, item: str) -> Any:
-        # Settings and other attributes of the primary provider (e.g. vad-like introspection).
-        return getattr(self.providers[0], item)
+    @property
+    def settings(self) -> Any:
+        """The primary provider's settings (what `describe`/the benchmark report)."""
+        return self.providers[0].settings
+
+    def set_language(self, language: str) -> None:
+        for p in self.providers:
+            p.set_language(language)
 
     def order(self) -> list[Any]:
         now = time.monotonic()
@@ -95,12 +103,12 @@ class FallbackLLM(FallbackChain):
 
     @property
     def supports_tools(self) -> bool:
-        return getattr(self.order()[0], "supports_tools", False)
+        return bool(self.order()[0].supports_tools)
 
     def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
         def open_stream(provider: Any) -> AsyncIterator[LLMDelta]:
             # Tools only for a provider that takes them: the next one may be a local model without.
-            tools = request.tools if getattr(provider, "supports_tools", False) else []
+            tools = request.tools if provider.supports_tools else []
             return provider.stream(LLMRequest(request.messages, tools, request.temperature, request.max_tokens))
 
         return self._stream(open_stream)

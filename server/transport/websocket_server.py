@@ -20,7 +20,7 @@ from websockets.http11 import Request, Response
 
 from server.protocol import framing
 from server.services import Services
-from server.session.endpoint import DeviceInfo
+from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
 

@@ -1,4 +1,5 @@
-"""What a session needs from the thing it talks to (a WebSocket today, a speaker bridge later)."""
+"""What a device session needs from its connection (a WebSocket today, MQTT+UDP later), and
+what the handshake told us about the device."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-class Endpoint(Protocol):
+class Connection(Protocol):
+    """A message channel to one device: text frames (JSON), binary frames (audio), close."""
+
     async def send_text(self, text: str) -> None: ...
 
     async def send_binary(self, data: bytes) -> None: ...
