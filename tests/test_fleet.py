@@ -136,7 +136,7 @@ async def test_a_stale_connection_is_closed_on_the_other_process(two: Fleet) -> 
     await new.close()
 
 
-async def test_prometheus_is_private_and_counts_every_turn(two: Fleet) -> None:
+async def test_prometheus_is_private_and_counts_every_turn(two: Fleet, fake: FakeOpenAIServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{two.balancer.http_url}/metrics") as r:
             assert r.status == 403, "the balancer never exposes a process's metrics"
