@@ -222,3 +222,45 @@ async def test_holder_stops_at_its_own_deadline_when_the_store_hangs(redis_engin
     finally:
         await leased.stop()
         await state.close()
+
+
+async def test_a_clean_release_hands_over_at_once(pg_cluster: Any) -> None:
+    """SIGTERM path: the holder releases its leases, so another process need not wait a TTL."""
+    from server.fleet.leased import LeasedJob
+
+    url = await pg_cluster.new_database()
+    a_state, b_state = [await open_state(StateConfig(url=url), None) for _ in range(2)]
+    started: dict[str, float] = {}
+
+    def job(owner: str) -> Any:
+        async def run(handle: Any) -> None:
+            started[owner] = time.monotonic()
+            await asyncio.Event().wait()
+        return run
+
+    ttl = 30.0  # far longer than the test: only a release can explain a quick takeover
+    a = LeasedJob(a_state.leases, "speaker-9", "proc-a", ttl, job("a"))
+    b = LeasedJob(b_state.leases, "speaker-9", "proc-b", ttl, job("b"), retry_s=0.2)
+    a.start()
+    try:
+        for _ in range(100):
+            if "a" in started:
+                break
+            await asyncio.sleep(0.05)
+        b.start()
+        await asyncio.sleep(0.5)
+        assert "b" not in started
+        released = time.monotonic()
+        await a.release()
+        for _ in range(100):
+            if "b" in started:
+                break
+            await asyncio.sleep(0.05)
+        assert "b" in started and started["b"] - released < 1.0
+        holder = await b_state.leases.holder("speaker-9")
+        assert holder is not None and holder[0] == "proc-b"
+    finally:
+        await a.stop()
+        await b.stop()
+        await a_state.close()
+        await b_state.close()

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.fleet.leased import Job, LeasedJob
 from server.fleet.presence import DevicePresence
 
 log = logging.getLogger("server.fleet")
@@ -28,6 +29,7 @@ class FleetNode:
     presence: DevicePresence | None = None
     prometheus: Any = None  # PrometheusMetrics when the listener is on
     prometheus_port: int = 0
+    jobs: list[LeasedJob] = field(default_factory=list)
     _runners: list[Any] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -52,7 +54,21 @@ class FleetNode:
         if self.presence is not None:
             await self.presence.connected(session.device.device_id, session.session_id)
 
+    def run_exclusive(self, name: str, job: Job) -> LeasedJob:
+        """Run `job` on exactly one process of the fleet at a time (e.g. polling one Xiaomi
+        speaker): this process runs it while it holds the lease `name`, and another takes over
+        within about `state.lease_ttl_s` if this one dies. Embedded: in-process, always ours."""
+        leased = LeasedJob(self.services.state.leases, name, self.node_id,
+                           self.services.config.state.lease_ttl_s, job)
+        leased.start()
+        self.jobs.append(leased)
+        return leased
+
     async def close(self) -> None:
+        # Give the leases up at once, so another process takes over without waiting for the TTL.
+        for leased in self.jobs:
+            await leased.release()
+        self.jobs.clear()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
