@@ -56,7 +56,8 @@ class Leases(Protocol):
         ...
 
     async def fenced_set(self, lease: Lease, key: str, value: str) -> bool:
-        """Store `value` under `key` only while `lease` is the current live holding. False: refused."""
+        """Store `value` under `key` only while `lease` is the current live holding. False: refused.
+        A key belongs to one lease (name it after the lease, e.g. "speaker-1:progress")."""
         ...
 
     async def fenced_get(self, key: str) -> tuple[str, int] | None:

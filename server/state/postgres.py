@@ -233,7 +233,7 @@ class PgLeases:
                 "INSERT INTO fenced_values (key, value, generation, lease) VALUES ($1, $2, $3, $4) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, generation = excluded.generation, "
                 "lease = excluded.lease, updated = now() WHERE fenced_values.generation <= excluded.generation "
-                "OR fenced_values.lease <> excluded.lease RETURNING 1", key, value, lease.generation, lease.name)
+                "RETURNING 1", key, value, lease.generation, lease.name)
             return done is not None
 
     async def fenced_get(self, key: str) -> tuple[str, int] | None:
