@@ -10,7 +10,7 @@ Modules, each small and usable on its own:
   load.py            the ramp: add devices until p95 first-reply latency passes a threshold
   report.py          the run record, its JSON form, terminal tables
   compare.py         ratios between two JSON reports
-  chart.py           the PNG chart (drawn with png.py and font.py, no plotting library)
+  chart.py           the PNG chart (matplotlib, the optional `bench` extra)
   testset.py         built-in sentences and prompts, user WAV+transcript folders, WER/CER
   console.py stats.py machine.py   progress output, percentiles, machine description
 """

@@ -1,4 +1,4 @@
-"""The PNG chart of a report: one panel per kind of figure the run produced.
+"""The PNG chart of a report, drawn with matplotlib: one panel per kind of figure the run produced.
 
   - end-to-end latency from the end of speech (p50 bar, p95 extension, max tick)
   - the server's stage breakdown from speech end to first frame (stacked medians)
@@ -6,43 +6,34 @@
   - component latencies (p50 bar, p95 extension, max tick)
 
 It is drawn from the report's JSON dict, so a saved report can be charted again later.
+matplotlib is the benchmark's optional extra (`pip install .[bench]`), never the server's: it is
+imported only when a chart is drawn, and without it the report is still written.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.png import Canvas, Color
 from bench.server_metrics import SERIAL_STAGES
 
-WIDTH = 1000
-MARGIN = 24
-LABEL_W = 190
-VALUE_W = 260
-ROW_H = 26
-TITLE_H = 30
-INK: Color = (40, 40, 40)
-GRID: Color = (225, 225, 225)
-P50: Color = (52, 101, 164)
-P95: Color = (152, 185, 226)
-MAXC: Color = (200, 60, 40)
-STAGE_COLORS: tuple[Color, ...] = ((120, 120, 120), (78, 154, 6), (52, 101, 164), (245, 121, 0), (117, 80, 123))
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+P50 = "#3465a4"
+P95 = "#98b9e2"
+MAXC = "#c83c28"
+P95_LINE = "#f57900"
+STAGE_COLORS = ("#787878", "#4e9a06", "#3465a4", "#f57900", "#75507b")
 
 Row = tuple[str, float | None, float | None, float | None]  # label, p50, p95, max
-Panel = tuple[int, Callable[[Canvas, int], None]]
+Panel = tuple[float, Callable[["Axes"], None]]  # relative height, draw on one Axes
 
 
-def nice_ceiling(value: float) -> float:
-    """The next 1, 2 or 5 x 10^k at or above `value` (axis ends)."""
-    if value <= 0 or not math.isfinite(value):
-        return 1.0
-    exp = 10 ** math.floor(math.log10(value))
-    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if value <= m * exp:
-            return m * exp
-    return 10 * exp
+class ChartUnavailable(RuntimeError):
+    """matplotlib is not installed (it is the benchmark's optional extra)."""
 
 
 def axis_end(rows: list[Row], values: list[float]) -> float:
@@ -73,51 +64,39 @@ def _num(value: Any) -> float | None:
     return None
 
 
-def _title(c: Canvas, y: int, text: str) -> None:
-    c.text(MARGIN, y + 8, text, INK, scale=2)
-
-
 def bar_panel(title: str, rows: list[Row], unit: str = "ms") -> Panel | None:
     rows = [r for r in rows if r[1] is not None]
     if not rows:
         return None
-    height = TITLE_H + 20 + ROW_H * len(rows) + 24
 
-    def draw(c: Canvas, y: int) -> None:
-        _title(c, y, title)
-        top = y + TITLE_H + 16
-        x0, x1 = MARGIN + LABEL_W, WIDTH - MARGIN - VALUE_W
+    def draw(ax: Axes) -> None:
         finite = [v for r in rows for v in r[1:] if v is not None and math.isfinite(v)]
-        scale_max = nice_ceiling(axis_end(rows, finite))
-        for k in range(6):  # grid and axis labels
-            gx = x0 + (x1 - x0) * k / 5
-            c.line(gx, top - 4, gx, top + ROW_H * len(rows), GRID)
-            c.text(gx, top + ROW_H * len(rows) + 6, fmt(scale_max * k / 5), INK, align="center")
-        last = fmt(scale_max)
-        c.text(x1 + Canvas.text_width(last) / 2 + 6, top + ROW_H * len(rows) + 6, unit, INK)
+        end = axis_end(rows, finite) * 1.05 or 1.0
 
-        def px(v: float) -> float:
-            return x0 + (x1 - x0) * min(v, scale_max) / scale_max
+        def clip(v: float | None) -> float:
+            return 0.0 if v is None else min(v, end)
 
-        for i, (label, p50, p95, mx) in enumerate(rows):
-            ry = top + i * ROW_H
-            c.text(x0 - 8, ry + 6, label, INK, align="right")
-            if any(v is not None and v > scale_max for v in (p50, p95, mx)):
-                c.text(x1 + 3, ry + 6, ">", MAXC)  # off the scale: the real values are in the text
-            if p95 is not None:
-                c.rect(x0, ry + 3, px(p95), ry + ROW_H - 7, P95)
-            c.rect(x0, ry + 3, px(p50 or 0), ry + ROW_H - 7, P50)
-            if mx is not None:
-                c.rect(px(mx) - 1, ry, px(mx) + 2, ry + ROW_H - 4, MAXC)
-            c.text(x1 + 16, ry + 6, f"p50 {fmt(p50)}  p95 {fmt(p95)}  max {fmt(mx)}", INK)
-        legend_y = y + TITLE_H - 4
-        lx = WIDTH - MARGIN - 300
-        for color, name in ((P50, "p50"), (P95, "p95"), (MAXC, "max")):
-            c.rect(lx, legend_y, lx + 14, legend_y + 8, color)
-            c.text(lx + 18, legend_y, name, INK)
-            lx += 70
+        ys = list(range(len(rows)))
+        ax.barh(ys, [clip(r[2]) for r in rows], color=P95, height=0.6, label="p95")
+        ax.barh(ys, [clip(r[1]) for r in rows], color=P50, height=0.6, label="p50")
+        marks = [(clip(r[3]), y) for y, r in zip(ys, rows, strict=True) if r[3] is not None]
+        if marks:
+            ax.scatter([m[0] for m in marks], [m[1] for m in marks], marker="|", s=300, color=MAXC, label="max")
+        for y, (_, p50, p95, mx) in zip(ys, rows, strict=True):
+            off_scale = any(v is not None and v > end for v in (p50, p95, mx))
+            # The exact values beside each bar: a clipped outlier stays readable.
+            ax.annotate(f"{'> ' if off_scale else ''}p50 {fmt(p50)}  p95 {fmt(p95)}  max {fmt(mx)}",
+                        (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        ax.set_yticks(ys, [r[0] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(0, end)
+        ax.set_xlabel(unit)
+        ax.grid(axis="x", color="#e1e1e1")
+        ax.set_axisbelow(True)
+        ax.set_title(title, loc="left")
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=8, ncols=3, frameon=False)
 
-    return height, draw
+    return 0.6 + 0.35 * len(rows), draw
 
 
 def stages_panel(stages: dict[str, Any], where: str = "") -> Panel | None:
@@ -125,30 +104,19 @@ def stages_panel(stages: dict[str, Any], where: str = "") -> Panel | None:
     if not any(v for _, v in values):
         return None
     total_p50 = _num((stages.get("speech_end_to_first_frame") or {}).get("p50"))
-    height = TITLE_H + 16 + 34 + 22 * 3 + 10
 
-    def draw(c: Canvas, y: int) -> None:
-        _title(c, y, f"Server stages, median ms: end of speech -> first reply frame{where}")
-        top = y + TITLE_H + 12
-        x0, x1 = MARGIN, WIDTH - MARGIN
-        total = sum(v or 0 for _, v in values) or 1
-        x = float(x0)
-        for i, (_name, v) in enumerate(values):
-            w = (x1 - x0) * (v or 0) / total
-            c.rect(x, top, x + w, top + 26, STAGE_COLORS[i % len(STAGE_COLORS)])
-            if w > 40:
-                c.text(x + w / 2, top + 10, fmt(v), (255, 255, 255), align="center")
-            x += w
-        ly = top + 40
+    def draw(ax: Axes) -> None:
+        left = 0.0
         for i, (name, v) in enumerate(values):
-            col, row = i % 3, i // 3
-            lx = x0 + col * 320
-            c.rect(lx, ly + row * 22, lx + 14, ly + row * 22 + 10, STAGE_COLORS[i % len(STAGE_COLORS)])
-            c.text(lx + 20, ly + row * 22 + 2, f"{name} {fmt(v)} ms", INK)
-        c.text(x0 + 2 * 320, ly + 22, f"sum of medians {fmt(sum(v or 0 for _, v in values))} ms; "
-               f"median total {fmt(total_p50)}", INK)
+            width = v or 0.0
+            ax.barh(0, width, left=left, color=STAGE_COLORS[i % len(STAGE_COLORS)], label=f"{name} {fmt(v)} ms")
+            left += width
+        ax.set_yticks([])
+        ax.set_xlabel(f"ms (sum of medians {fmt(left)}; median total {fmt(total_p50)})")
+        ax.set_title(f"Server stages, median ms: end of speech -> first reply frame{where}", loc="left")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncols=3, fontsize=8, frameon=False)
 
-    return height, draw
+    return 1.3, draw
 
 
 def ramp_panel(ramp: dict[str, Any]) -> Panel | None:
@@ -156,53 +124,32 @@ def ramp_panel(ramp: dict[str, Any]) -> Panel | None:
     if not steps:
         return None
     threshold = _num((ramp.get("options") or {}).get("threshold_ms"))
-    plot_h = 260
-    height = TITLE_H + 20 + plot_h + 40
 
-    def draw(c: Canvas, y: int) -> None:
+    def draw(ax: Axes) -> None:
         cap = ramp.get("capacity_devices")
         shown = "-" if cap is None else f">={cap}" if ramp.get("capacity_is_lower_bound") else str(cap)
-        _title(c, y, f"First reply latency vs devices (capacity {shown})")
-        top, bottom = y + TITLE_H + 16, y + TITLE_H + 16 + plot_h
-        x0, x1 = MARGIN + 70, WIDTH - MARGIN - 150
         xs = [int(s["devices"]) for s in steps]
         p50 = [_num((s.get("first_frame_ms") or {}).get("p50")) for s in steps]
         p95 = [_num(s.get("p95_first_frame_ms")) for s in steps]
         finite = [v for v in p50 + p95 + [threshold] if v is not None and math.isfinite(v)]
-        y_max = nice_ceiling(max(finite) * 1.1 if finite else 1)
-        x_lo, x_hi = min(xs), max(max(xs), min(xs) + 1)
-
-        def px(d: float) -> float:
-            return x0 + (x1 - x0) * (d - x_lo) / (x_hi - x_lo)
-
-        def py(v: float) -> float:
-            return bottom - (bottom - top) * min(v, y_max) / y_max
-
-        for k in range(6):
-            gy = py(y_max * k / 5)
-            c.line(x0, gy, x1, gy, GRID)
-            c.text(x0 - 6, gy - 3, fmt(y_max * k / 5), INK, align="right")
-        c.line(x0, top, x0, bottom, INK)
-        c.line(x0, bottom, x1, bottom, INK)
-        for d in sorted(set(xs)):
-            c.line(px(d), bottom, px(d), bottom + 4, INK)
-            c.text(px(d), bottom + 8, str(d), INK, align="center")
-        c.text((x0 + x1) / 2, bottom + 22, "devices", INK, align="center")
-        c.text(x0 - 6, top - 14, "ms", INK, align="right")
+        top = max(finite) * 1.1 if finite else 1.0
+        for series, color, name in ((p50, P50, "p50"), (p95, P95_LINE, "p95")):
+            points = [(d, v if math.isfinite(v) else top) for d, v in zip(xs, series, strict=True) if v is not None]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], "s-", color=color,
+                        label=f"{name} first frame")
         if threshold is not None:
-            c.line(x0, py(threshold), x1, py(threshold), MAXC, dash=6)
-            c.text(x1 + 8, py(threshold) - 3, f"threshold {fmt(threshold)}", MAXC)
-        for series, color, name, ly in ((p50, P50, "p50", top), (p95, (245, 121, 0), "p95", top + 16)):
-            points = [(px(d), py(v if math.isfinite(v) else y_max)) for d, v in zip(xs, series, strict=True)
-                      if v is not None]
-            for (ax, ay), (bx, by) in zip(points, points[1:], strict=False):
-                c.line(ax, ay, bx, by, color, width=2)
-            for ax, ay in points:
-                c.rect(ax - 3, ay - 3, ax + 3, ay + 3, color)
-            c.rect(x1 + 8, ly, x1 + 22, ly + 8, color)
-            c.text(x1 + 26, ly, f"{name} first frame", INK)
+            ax.axhline(threshold, color=MAXC, linestyle="--", label=f"threshold {fmt(threshold)}")
+        ax.set_xticks(sorted(set(xs)))
+        ax.set_ylim(0, top)
+        ax.set_xlabel("devices")
+        ax.set_ylabel("ms")
+        ax.grid(axis="y", color="#e1e1e1")
+        ax.set_axisbelow(True)
+        ax.set_title(f"First reply latency vs devices (capacity {shown})", loc="left")
+        ax.legend(fontsize=8)
 
-    return height, draw
+    return 3.0, draw
 
 
 def _stat_row(label: str, s: dict[str, Any] | None) -> Row:
@@ -227,8 +174,8 @@ def component_rows(components: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def render_chart(report: dict[str, Any]) -> bytes | None:
-    """PNG bytes for a report dict, or None when it holds nothing to draw."""
+def panels_of(report: dict[str, Any]) -> list[Panel]:
+    """The panels a report has data for, top to bottom."""
     panels: list[Panel | None] = []
     e2e = report.get("e2e")
     if e2e:
@@ -251,18 +198,30 @@ def render_chart(report: dict[str, Any]) -> bytes | None:
     comps = report.get("components")
     if comps:
         panels.append(bar_panel("Components, ms", component_rows(comps)))
-    drawn = [p for p in panels if p is not None]
-    if not drawn:
+    return [p for p in panels if p is not None]
+
+
+def render_chart(report: dict[str, Any]) -> bytes | None:
+    """PNG bytes for a report dict, or None when it holds nothing to draw. Raises
+    ChartUnavailable without matplotlib."""
+    panels = panels_of(report)
+    if not panels:
         return None
-    header = 40
-    height = header + sum(h for h, _ in drawn) + MARGIN
-    canvas = Canvas(WIDTH, height)
+    try:
+        # The object API with the Agg canvas: no pyplot global state, no display needed.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ChartUnavailable("matplotlib is not installed (pip install '.[bench]')") from None
+    heights = [h for h, _ in panels]
+    fig = Figure(figsize=(11, 0.6 + sum(heights) + 0.5 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
     machine = report.get("machine") or {}
-    load = machine.get("load_average")
-    canvas.text(MARGIN, 14, f"xiaozhi performance - {report.get('started_at', '')} - "
-                f"{machine.get('cpu_model', '?')} x{machine.get('cores_logical', '?')} - load {load}", INK)
-    y = header
-    for h, draw in drawn:
-        draw(canvas, y)
-        y += h
-    return canvas.to_png()
+    fig.suptitle(f"xiaozhi performance - {report.get('started_at', '')} - {machine.get('cpu_model', '?')} "
+                 f"x{machine.get('cores_logical', '?')} - load {machine.get('load_average')}", fontsize=9)
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, (_, draw) in zip(axes, panels, strict=True):
+        draw(ax)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
+    return out.getvalue()

@@ -38,6 +38,8 @@ fake providers (the tester starts the server and points it at fakes running in t
                  then --fake-tokens-per-s (separates the server's own overhead from model speed)
   --fake-edge    TTS: type edge against the fake Edge service (real MP3 of espeak-ng speech)
   --fake-tools   like --fake-llm, but each question first calls the device's volume tool
+  --fake-asr     ASR: type openai against the fake's /audio/transcriptions (--fake-asr-ms)
+  --fake-tts     TTS: type openai against the fake's /audio/speech (espeak-ng pcm)
 
 examples:
   python performance_tester.py                          # components + 1 device x 3 questions
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--idle", type=int, metavar="N",
                    help="idle devices: server RSS and CPU with 0, 1 and N connected, listening devices nobody "
                         "talks to")
+    m.add_argument("--abuse", action="store_true",
+                   help="abuse soak: --abuse-clients abusive clients for --abuse-seconds while --good-devices "
+                        "good devices talk; their latency vs a clean run, and the server's RSS (starts its own server)")
     m.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print new/old ratios of two JSON reports")
 
     c = p.add_argument_group("configuration and target")
@@ -95,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompts", type=int, default=3, metavar="K", help="spoken questions per device (default 3)")
     e.add_argument("--stagger-ms", type=int, default=200, metavar="MS",
                    help="delay between device starts, so they do not all finish speaking together (default 200)")
+    e.add_argument("--typed", type=int, default=0, metavar="K",
+                   help="typed questions per device after the spoken ones (listen detect text): their first "
+                        "reply frame, without the silence window and ASR, is reported next to the spoken one")
     e.add_argument("--no-abort", action="store_true", help="skip the abort trial each device runs after its questions")
     e.add_argument("--turn-timeout", type=float, default=60.0, metavar="S",
                    help="give up on a turn after this many seconds (default 60)")
@@ -103,13 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ramp-start", type=int, default=1, metavar="N", help="ramp: first device count (default 1)")
     e.add_argument("--ramp-step", type=int, default=1, metavar="N", help="ramp: devices added per step (default 1)")
     e.add_argument("--ramp-max", type=int, default=16, metavar="N", help="ramp: last device count tried (default 16)")
+    e.add_argument("--ramp-jitter-ms", type=float, metavar="MS",
+                   help="ramp: a step also needs reply-frame jitter p95 at or under MS and no playback stall "
+                        "(default: latency only)")
 
     i = p.add_argument_group("idle devices (--idle)")
     i.add_argument("--idle-settle", type=float, default=5.0, metavar="S",
                    help="seconds to wait at each step before reading RSS; CPU is averaged over them (default 5)")
-    i.add_argument("--idle-audio", choices=("silence", "none"), default="silence",
+    i.add_argument("--idle-audio", choices=("silence", "room", "none"), default="silence",
                    help="what an idle device sends after listen start: silence = 60 ms Opus frames of silence "
-                        "in real time, like a listening firmware's microphone (default); none = nothing")
+                        "in real time, like a listening firmware's microphone (default); room = the same with "
+                        "room noise at -50 dBFS (generated); none = nothing")
+    i.add_argument("--idle-talk", action="store_true",
+                   help="with --e2e: run the e2e turns twice, on the empty server first and then while the --idle "
+                        "devices keep listening, and report the first-reply ratio")
 
     f = p.add_argument_group("fake providers (not with --url: the tester starts the server)")
     f.add_argument("--fake-llm", action="store_true",
@@ -122,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fake-edge", action="store_true",
                    help="point the server's tts (type edge, via its endpoint setting) at the fake Edge service "
                         "from harness/fakes: real MP3 of espeak-ng speech over the Edge wire format")
+    f.add_argument("--fake-asr", action="store_true",
+                   help="point the server's asr (type openai) at the fake OpenAI server's /audio/transcriptions: "
+                        "it answers a fixed question after --fake-asr-ms (remote-style ASR, no local model)")
+    f.add_argument("--fake-asr-ms", type=float, default=200.0, metavar="MS",
+                   help="the fake ASR's time to answer (default 200)")
+    f.add_argument("--fake-tts", action="store_true",
+                   help="point the server's tts (type openai, pcm) at the fake OpenAI server's /audio/speech "
+                        "(espeak-ng speech, cached per sentence)")
     f.add_argument("--fake-tools", action="store_true",
                    help="implies --fake-llm; every question first gets a call of the device tool "
                         "self_audio_speaker_set_volume, then the answer: measures the tool-call round")
@@ -139,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-timeout", type=float, default=30.0, metavar="S",
                    help="LLM request timeout, counted as a failure (default 30)")
     s.add_argument("--tts-sentences", type=int, metavar="N", help="TTS sentences (default all)")
+
+    a = p.add_argument_group("abuse soak (--abuse)")
+    a.add_argument("--abuse-clients", type=int, default=200, metavar="N", help="abusive clients at once (default 200)")
+    a.add_argument("--abuse-seconds", type=float, default=60.0, metavar="S", help="abuse duration (default 60)")
+    a.add_argument("--good-devices", dest="devices_good", type=int, default=4, metavar="N",
+                   help="well-behaved devices talking during the abuse (default 4); --prompts questions each")
+    a.add_argument("--abuse-settle", type=float, default=10.0, metavar="S",
+                   help="wait after the abuse before the last RSS sample (default 10)")
 
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE", help="JSON report path (default data/bench/<timestamp>.json)")
@@ -182,11 +213,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.fake_llm = True
     if uses_fakes(args):
         if args.url:
-            parser.error("--fake-llm/--fake-edge/--fake-tools configure the server the tester starts: drop --url")
+            parser.error("--fake-* options configure the server the tester starts: drop --url")
         if args.fake_ttft_ms < 0 or args.fake_tokens_per_s <= 0:
             parser.error("--fake-ttft-ms must be >= 0 and --fake-tokens-per-s > 0")
     args.languages = tuple(x.strip() for x in args.languages.split(",") if x.strip())
-    if not args.components and not args.e2e and not args.ramp and args.idle is None:
+    if args.abuse and args.url:
+        parser.error("--abuse starts its own server (auth on, limits as configured): drop --url")
+    if args.abuse and (args.abuse_clients < 1 or args.abuse_seconds <= 0 or args.devices_good < 1):
+        parser.error("--abuse-clients and --good-devices must be at least 1, --abuse-seconds positive")
+    if not args.components and not args.e2e and not args.ramp and args.idle is None and not args.abuse:
         args.e2e = True
         # With fakes the point is the server's own overhead end to end; --components still
         # measures the providers (the LLM against the fake) when asked for.
@@ -195,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def uses_fakes(args: argparse.Namespace) -> bool:
-    return bool(args.fake_llm or args.fake_edge or args.fake_tools)
+    return bool(args.fake_llm or args.fake_edge or args.fake_tools or args.fake_asr or args.fake_tts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +286,8 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     fakes = BenchFakes(FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
-                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language))
+                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
+                                   asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts))
     try:
         await fakes.start()
         # The fakes' ports are known only now: merge their sections over the user's override
@@ -287,6 +323,10 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
     from bench.report import BenchRun, print_report, redact
 
     console = Console(quiet=args.quiet)
+    if args.abuse:
+        from bench.abuse import abuse_main
+
+        return await abuse_main(args, overrides, console, DEFAULT_OUT_DIR)
     if args.url:
         # Before anything else: an unreachable target is one line and exit 2, not a report.
         from bench.e2e import Target, probe
@@ -340,7 +380,7 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
 
 
 def save(args: argparse.Namespace, run: Any, console: Console) -> None:
-    from bench.chart import render_chart
+    from bench.chart import ChartUnavailable, render_chart
     from bench.report import write_json
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -353,6 +393,9 @@ def save(args: argparse.Namespace, run: Any, console: Console) -> None:
     chart = Path(args.chart) if args.chart else out.with_suffix(".png")
     try:
         png = render_chart(data)
+    except ChartUnavailable as exc:
+        console.print(f"chart not drawn: {exc}")
+        return
     except Exception as exc:  # noqa: BLE001 - a drawing bug must not lose the measured report
         console.print(f"chart not drawn: {exc!r}")
         return
@@ -368,7 +411,7 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
                     overrides: dict[str, Any]) -> None:
     from bench.components import run_components
     from bench.e2e import E2EOptions, E2EResult, run_e2e
-    from bench.idle import IdleOptions, IdleResult, run_idle
+    from bench.idle import IdleFleet, IdleOptions, IdleResult, run_idle
     from bench.load import RampOptions, RampResult, run_ramp
 
     if args.components:
@@ -385,22 +428,32 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
         await run_components(config, ROOT, args.only or KINDS, options, console, run.components)
     if not (args.e2e or args.ramp or args.idle):
         return
-    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms,
+    e2e_opts = E2EOptions(devices=args.devices, prompts=args.prompts, stagger_ms=args.stagger_ms, typed=args.typed,
                           abort_trial=not args.no_abort, turn_timeout_s=args.turn_timeout,
                           language=config.assistant.language)
     try:
         async with target(args, overrides, console) as tgt:
+            fleet = IdleFleet() if args.idle and args.idle_talk and args.e2e else None
+            if fleet is not None:
+                # The same turns on the empty server first, for the with/without comparison.
+                run.e2e_empty = E2EResult(e2e_opts, tgt)
+                await run_e2e(tgt, e2e_opts, console, run.e2e_empty, label="e2e, empty server")
             if args.idle:
                 # First, on the fresh server: the turns of the other modes would leave memory behind.
                 run.idle = IdleResult(IdleOptions(devices=args.idle, settle_s=args.idle_settle,
                                                   audio=args.idle_audio), tgt)
-                await run_idle(tgt, run.idle.options, console, run.idle)
-            if args.e2e:
-                run.e2e = E2EResult(e2e_opts, tgt)
-                await run_e2e(tgt, e2e_opts, console, run.e2e)
+                await run_idle(tgt, run.idle.options, console, run.idle, fleet)
+            try:
+                if args.e2e:
+                    run.e2e = E2EResult(e2e_opts, tgt)
+                    label = f"e2e, {args.idle} devices listening" if fleet is not None else "e2e"
+                    await run_e2e(tgt, e2e_opts, console, run.e2e, label=label)
+            finally:
+                if fleet is not None:
+                    await fleet.close()
             if args.ramp:
                 ramp_opts = RampOptions(start=args.ramp_start, step=args.ramp_step, max_devices=args.ramp_max,
-                                        threshold_ms=args.threshold_ms)
+                                        threshold_ms=args.threshold_ms, jitter_ms=args.ramp_jitter_ms)
                 run.ramp = RampResult(ramp_opts)
                 await run_ramp(tgt, ramp_opts, dataclasses.replace(e2e_opts, abort_trial=False), console, run.ramp)
     except RuntimeError as exc:  # start_server: the server exited or never became ready

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.report import table
 
-HIGHER_IS_BETTER = ("success_rate", "tokens_per_s", "capacity_devices")
+HIGHER_IS_BETTER = ("success_rate", "tokens_per_s", "capacity_devices", "frames_sent_share", "speculation_used")
 SAME_WITHIN = 0.05  # +-5 %: run-to-run noise on a shared machine is at least this much
 SAME_MS = 1.0  # and sub-millisecond differences are timer noise, whatever their ratio
 
@@ -57,7 +57,8 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[Ratio]:
         higher_better = any(h in metric for h in HIGHER_IS_BETTER)
         if ratio is None:
             verdict = "better" if higher_better else "worse"
-        elif abs(ratio - 1) <= SAME_WITHIN or ("_ms" in metric and abs(y - x) < SAME_MS):
+        elif abs(ratio - 1) <= SAME_WITHIN or ("_ms" in metric and "per_frame" not in metric
+                                                 and abs(y - x) < SAME_MS):
             verdict = "same"
         else:
             verdict = "better" if (ratio > 1) == higher_better else "worse"

@@ -7,6 +7,11 @@ device sent; the question audio is trimmed so that is where the voice really sto
   first_frame_ms  -> the first reply audio frame the device would play (what a user hears)
   tts_stop_ms     -> `tts stop` (the reply has played; the device returns to listening)
 and, in an abort trial per device, abort_to_stop_ms: `abort` sent -> `tts stop` received.
+Frame pacing, per reply, from the arrival times of the frames the device accepted: the jitter
+of each frame is its gap to the previous one minus the previous one's duration (0 = exactly
+paced, negative = early, e.g. the pre-buffer burst; positive = late), and the stalls are the
+times the device's playback queue ran dry before the reply ended (the firmware's speaker goes
+silent mid-reply), replayed with harness.devsim's queue model.
 The server's own stage breakdown comes from /metrics, and its CPU and RSS from psutil.
 """
 
@@ -25,6 +30,7 @@ from bench.server_metrics import MetricsPoller, get_json, span_summary, stage_su
 from bench.stats import percentile, summarize
 from bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
 from harness.devsim import DeviceIdentity, SimDevice
+from harness.devsim.playback import PlaybackQueueModel
 
 ABORT_AFTER_FIRST_FRAME_S = 0.3  # let the reply get going before interrupting it
 LATE_FRAME_WAIT_S = 0.5  # anything of the aborted reply still in flight arrives by then
@@ -44,6 +50,9 @@ class E2EOptions:
     prompts: int = 3
     stagger_ms: int = 200  # device i starts i * stagger_ms after the first
     abort_trial: bool = True
+    # Typed questions per device (`listen detect` text, as py-xiaozhi sends), after the spoken
+    # ones: the first reply frame without the silence window and ASR, for comparison.
+    typed: int = 0
     turn_timeout_s: float = 60.0
     trailing_silence_ms: int = 1500  # room silence the mic keeps sending after the question
     language: str = "en"
@@ -53,7 +62,7 @@ class E2EOptions:
 class TurnRecord:
     device: int
     index: int
-    kind: str  # question | abort
+    kind: str  # question | typed | abort
     text: str
     started_s: float  # since the run started
     ok: bool = False
@@ -71,6 +80,10 @@ class TurnRecord:
     frames: int = 0
     reply_audio_ms: float | None = None
     sentences: list[str] = field(default_factory=list)
+    # Downlink pacing as the device saw it (see the module docstring).
+    jitter_ms: list[float] = field(default_factory=list)
+    stalls: int | None = None
+    stall_ms: float | None = None
 
 
 @dataclass
@@ -108,8 +121,15 @@ class E2EResult:
         valid_aborts = [t for t in aborts if t.ok and not t.reply_ended_before_abort]
         p95 = self.first_frame_p95()
         p95_shown = None if p95 is None else round(p95, 1) if math.isfinite(p95) else "inf"
+        jitter = [j for t in ok for j in t.jitter_ms]
+        typed = [t for t in self.turns if t.kind == "typed" and t.ok and not t.interrupted]
         return {
             "devices": self.options.devices,
+            "typed_first_frame_ms": summarize(t.first_frame_ms for t in typed),
+            "frame_jitter_ms": summarize(jitter),
+            "stalls": sum(t.stalls or 0 for t in ok),
+            "stall_ms": round(sum(t.stall_ms or 0 for t in ok), 1),
+            "turns_with_stall": sum(1 for t in ok if t.stalls),
             "turns": len(q),
             "turns_ok": len(ok),
             "turns_failed": len(q) - len(ok),
@@ -217,11 +237,35 @@ async def _question(dev: SimDevice, record: TurnRecord, pcm: bytes, opts: E2EOpt
     record.frames = result.frames_played
     record.reply_audio_ms = round(result.reply_duration_ms, 1) if result.reply_pcm else None
     record.sentences = list(result.sentences)
+    record.jitter_ms, record.stalls, record.stall_ms = pacing(result.events)
     if result.stt_text is not None:
         record.stt_edits, record.stt_ref_len = error_counts(record.text, result.stt_text, opts.language)
     record.error = result.error
     if record.error is None and result.t_first_audio is None:
         record.error = "no reply audio" if result.t_stt is not None else "nothing recognised (no stt)"
+    record.ok = record.error is None and result.completed
+
+
+def pacing(events: list[Any]) -> tuple[list[float], int, float]:
+    """(jitter of each accepted reply frame after the first, stalls, stalled ms) of one reply."""
+    frames = [(e.t, e.duration_ms) for e in events if e.kind == "binary" and e.accepted and e.duration_ms]
+    jitter = [round((t - prev_t) * 1000 - prev_ms, 2)
+              for (prev_t, prev_ms), (t, _) in zip(frames, frames[1:], strict=False)]
+    queue = PlaybackQueueModel()
+    for t, ms in frames:
+        queue.push(t, ms / 1000)
+    return jitter, queue.underruns, round(queue.underrun_s * 1000, 1)
+
+
+async def _typed(dev: SimDevice, record: TurnRecord, opts: E2EOptions) -> None:
+    result = await dev.ask_text(record.text, timeout=opts.turn_timeout_s)
+    t_end = result.t_input_end
+    if result.t_first_audio is not None and t_end is not None:
+        record.first_frame_ms = round((result.t_first_audio - t_end) * 1000, 1)
+    if result.t_tts_stop is not None and t_end is not None:
+        record.tts_stop_ms = round((result.t_tts_stop - t_end) * 1000, 1)
+    record.frames = result.frames_played
+    record.error = result.error or (None if result.t_first_audio is not None else "no reply audio")
     record.ok = record.error is None and result.completed
 
 
@@ -252,7 +296,7 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
                   questions: list[tuple[str, bytes]], result: E2EResult, t0: float, progress: Progress) -> None:
     await asyncio.sleep(index * opts.stagger_ms / 1000)
     dev = SimDevice(identity=identity)
-    steps = opts.prompts + (1 if opts.abort_trial else 0)
+    steps = opts.prompts + opts.typed + (1 if opts.abort_trial else 0)
     try:
         try:
             if target.http_url:
@@ -272,6 +316,12 @@ async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2
                 record.error = record.error or "connection closed"
                 progress.advance(steps - k - 1, f"device {index} disconnected")
                 return
+        for k in range(opts.typed):
+            text = questions[(index + k) % len(questions)][0]
+            record = TurnRecord(index, opts.prompts + k, "typed", text, round(time.monotonic() - t0, 2))
+            result.turns.append(record)
+            await _recorded(record, _typed(dev, record, opts))
+            progress.advance(detail=_describe(record))
         if opts.abort_trial:
             record = TurnRecord(index, opts.prompts, "abort", ABORT_PROMPT.get(opts.language, ABORT_PROMPT["en"]),
                                 round(time.monotonic() - t0, 2))
@@ -290,6 +340,8 @@ def _describe(r: TurnRecord) -> str:
         return f"{who} abort -> stop {r.abort_to_stop_ms} ms" if r.ok else f"{who} abort failed: {r.error}"
     if not r.ok:
         return f"{who} FAILED: {r.error}"
+    if r.kind == "typed":
+        return f"{who} typed: first frame {r.first_frame_ms:.0f} ms"
     return f"{who} stt {r.stt_ms:.0f} ms, first frame {r.first_frame_ms:.0f} ms, stop {r.tts_stop_ms:.0f} ms"
 
 
@@ -306,7 +358,7 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
         result.notes.append("no --http-url: server stage breakdown (/metrics) not recorded")
     await sampler.start()
     await poller.start()
-    progress = console.progress(opts.devices * (opts.prompts + (1 if opts.abort_trial else 0)), label)
+    progress = console.progress(opts.devices * (opts.prompts + opts.typed + (1 if opts.abort_trial else 0)), label)
     t0 = time.monotonic()
     # The simulated devices run on this machine too (Opus encode/decode, pacing): their CPU is
     # load the server would not see in the field, so it is recorded next to the server's.

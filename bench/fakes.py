@@ -41,12 +41,22 @@ from server.pipeline.splitter import SentenceSplitter
 
 try:
     from harness.fakes.edge_server import FakeEdgeServer
-    from harness.fakes.openai_server import ChatReply, FakeOpenAIServer, ToolCallSpec, default_answer
+    from harness.fakes.openai_server import (
+        ChatReply,
+        FakeOpenAIServer,
+        ToolCallSpec,
+        TranscriptionReply,
+        default_answer,
+    )
 except ImportError as exc:  # e.g. an install without the test suite
     raise ImportError(f"--fake-* need the test fakes from harness/fakes (a source checkout): {exc}") from exc
 
 DEVICE_TOOL = "self_audio_speaker_set_volume"  # the firmware's self.audio_speaker.set_volume, sanitized
 CALL_ID_PREFIX = "call_bench_"
+
+
+# What the fake ASR hears in every utterance (it cannot recognise speech): a short question.
+FAKE_TRANSCRIPT = "What is the weather like today?"
 
 
 @dataclass(slots=True)
@@ -57,6 +67,9 @@ class FakeOptions:
     tools: bool = False
     edge: bool = False
     language: str = "en"
+    asr: bool = False  # remote-style ASR: the fake's /audio/transcriptions
+    asr_ms: float = 200.0
+    tts: bool = False  # remote-style TTS: the fake's /audio/speech
 
 
 @dataclass
@@ -115,6 +128,7 @@ class BenchOpenAIServer(FakeOpenAIServer):
     first on every question, recording when each answer's first token and end went out."""
 
     script_tools: bool = False
+    asr_delay_s: float = 0.0
     timings: list[ChatTiming] = field(default_factory=list)
     _by_request: dict[int, ChatTiming] = field(default_factory=dict)
     _calls: int = 0
@@ -139,6 +153,11 @@ class BenchOpenAIServer(FakeOpenAIServer):
             timing.answers_call = str(last.get("tool_call_id") or "")
         # The same answer as without a tool, so turns with and without one are comparable.
         return ChatReply(text=default_answer(_last_user(body)), **pace)
+
+    async def _transcriptions(self, request: Any) -> Any:
+        # Every transcription answers the fixed question after the configured delay.
+        self.transcription_script.append(TranscriptionReply(text=FAKE_TRANSCRIPT, delay_s=self.asr_delay_s))
+        return await super()._transcriptions(request)
 
     def _record(self, request: Any, body: Any = None) -> Any:
         rec = super()._record(request, body)
@@ -230,11 +249,11 @@ class BenchFakes:
 
     async def start(self) -> BenchFakes:
         o = self.options
-        if o.llm or o.tools:
+        if o.llm or o.tools or o.asr or o.tts:
             self.llm = BenchOpenAIServer(
                 default_ttft_s=o.ttft_ms / 1000,
                 default_chunk_delay_s=1 / o.tokens_per_s if o.tokens_per_s > 0 else 0.0,
-                script_tools=o.tools)
+                script_tools=o.tools, asr_delay_s=o.asr_ms / 1000)
             await self.llm.start()
         if o.edge:
             self.edge = BenchEdgeServer()
@@ -256,8 +275,15 @@ class BenchFakes:
         """Config sections that point the server at the fakes (merged over the user's override
         with the loader's deep_merge: a provider whose type changes is replaced whole)."""
         out: dict[str, Any] = {}
-        if self.llm is not None:
+        o = self.options
+        if self.llm is not None and (o.llm or o.tools):
             out["llm"] = {"type": "openai", "base_url": self.llm.base_url, "api_key": "", "model": self.llm.model}
+        if self.llm is not None and o.asr:
+            out["asr"] = {"type": "openai", "base_url": self.llm.base_url, "api_key": "", "model": "fake-whisper",
+                          "language": o.language}
+        if self.llm is not None and o.tts:
+            out["tts"] = {"type": "openai", "base_url": self.llm.base_url, "api_key": "", "model": "fake-tts",
+                          "voice": "alloy", "response_format": "pcm"}
         if self.edge is not None:
             tts: dict[str, Any] = {"type": "edge", "endpoint": self.edge.wss_url}
             mine = user_overrides.get("tts")

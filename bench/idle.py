@@ -4,9 +4,17 @@ Each simulated device does what a firmware does when it opens its audio channel:
 the WebSocket handshake, `hello` (the server then lists its MCP tools) and `listen start auto`.
 Then nobody speaks. With `audio="silence"` (the default) each device keeps streaming 60 ms Opus
 frames of digital silence in real time, as a listening firmware streams its microphone (DTX makes
-them 1-3 byte packets); the server decodes and runs VAD on every frame, so this is the cost of a
-device left listening. With `audio="none"` nothing follows `listen start`: only the per-connection
-state (session, Opus decoder, VAD state, MCP client) is measured.
+them 1-3 byte packets). With `audio="room"` the frames carry room noise at a realistic level
+(`room_noise`: a generated, fixed clip of fan-like low-passed noise, mains hum and the odd
+click, -50 dBFS RMS, like a quiet office through a board's microphone at its usual gain), which
+DTX does not reduce to empty packets: the server decodes every frame and its VAD sees real
+audio. So these are the costs of a device left listening. With `audio="none"` nothing follows
+`listen start`: only the per-connection state (session, Opus decoder, VAD state, MCP client) is
+measured.
+
+The devices' frames are sent by one pacing task for all of them (not a task per device), spread
+evenly over the 60 ms frame period as unsynchronised devices would be, so the tester itself
+stays light enough to drive a thousand devices on the machine it shares with the server.
 
 Steps: 0 devices (the server as started), then 1, then N, each followed by `settle_s` seconds
 with nothing new happening; RSS is read at the end of that window (and its peak inside it), CPU
@@ -22,13 +30,51 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from bench.console import Console
 from bench.e2e import Target, _reason
 from bench.resources import MB, ResourceSampler, Sample
 from harness.devsim import DeviceIdentity, SimDevice, silence
+from harness.devsim.codec import UplinkEncoder
 
-SILENCE_CHUNK_MS = 3000  # encoded per to_thread call; streamed paced, frame by frame
-AUDIO_MODES = ("silence", "none")
+CLIP_MS = 6000  # the looped clip each device streams (encoded once, shared by all devices)
+FRAME_MS = 60
+PACING_SLOTS = 6  # devices are spread over this many send slots per frame period
+AUDIO_MODES = ("silence", "room", "none")
+CONNECT_BATCH = 20  # devices connecting at the same time
+ROOM_DBFS = -50.0
+
+
+def room_noise(ms: int, level_dbfs: float = ROOM_DBFS, seed: int = 12) -> bytes:
+    """PCM16 16 kHz room noise: low-passed (fan/air) noise, 50 Hz hum and its harmonics, and a
+    soft click every ~1.7 s, scaled to `level_dbfs` RMS. Deterministic for a given seed."""
+    rng = np.random.default_rng(seed)
+    n = 16000 * ms // 1000
+    white = rng.standard_normal(n)
+    # One-pole low-pass (~300 Hz corner) twice: most of a room's noise energy is low.
+    alpha = 0.89
+    fan = np.empty(n)
+    acc = acc2 = 0.0
+    for i in range(n):  # a few hundred thousand steps, once per run
+        acc = alpha * acc + (1 - alpha) * white[i]
+        acc2 = alpha * acc2 + (1 - alpha) * acc
+        fan[i] = acc2
+    fan /= np.sqrt(np.mean(fan ** 2))
+    t = np.arange(n) / 16000
+    hum = 0.3 * np.sin(2 * np.pi * 50 * t) + 0.15 * np.sin(2 * np.pi * 150 * t)
+    mix = fan + hum
+    for start in range(8000, n - 160, 27000):  # clicks: 10 ms decaying bursts, +12 dB
+        burst = rng.standard_normal(160) * np.exp(-np.arange(160) / 40) * 4
+        mix[start:start + 160] += burst
+    mix *= 10 ** (level_dbfs / 20) * 32768 / np.sqrt(np.mean(mix ** 2))
+    return np.clip(mix, -32768, 32767).astype("<i2").tobytes()
+
+
+def clip_packets(audio: str) -> list[bytes]:
+    """The looped uplink clip, encoded once the way the firmware encodes (60 ms, DTX)."""
+    pcm = silence(CLIP_MS) if audio == "silence" else room_noise(CLIP_MS)
+    return UplinkEncoder(FRAME_MS).encode_all(pcm)
 
 
 @dataclass(slots=True)
@@ -48,6 +94,18 @@ class IdleStep:
     cpu_percent: float | None = None  # mean over the settle window; 100 = one core
     window_s: float | None = None
     samples: int = 0
+    # The server's counters (/metrics) over the settle window: uplink frames answered as DTX
+    # without decoding, frames decoded, VAD windows run by the model or skipped as quiet, batches.
+    server_counters: dict[str, int] = field(default_factory=dict)
+    # Frames the devices sent in the window, against what real-time devices would have sent: on
+    # a busy machine the tester can fall behind, and the server sees fewer frames.
+    frames_sent: int = 0
+    frames_expected: int = 0
+    # Server CPU per uplink frame it took in (sent minus dropped), and the share of one core a
+    # device streaming at the real-time rate costs at that price: comparable between runs even
+    # when the machine is shared and the tester could not keep the full rate.
+    cpu_ms_per_frame: float | None = None
+    cpu_percent_per_device_realtime: float | None = None
 
 
 @dataclass
@@ -94,10 +152,60 @@ def idle_counts(n: int) -> list[int]:
     return sorted({0, 1, max(1, n)})
 
 
-async def _stream_silence(dev: SimDevice) -> None:
-    chunk = silence(SILENCE_CHUNK_MS)
-    while not dev.closed:
-        await dev.stream_audio(chunk)
+class MicPacer:
+    """Streams the clip from every added device in real time: device i sends packet k at
+    t0 + k * 60 ms + (i mod PACING_SLOTS) * 10 ms."""
+
+    def __init__(self, packets: list[bytes]) -> None:
+        self.packets = packets
+        self.slots: list[list[SimDevice]] = [[] for _ in range(PACING_SLOTS)]
+        self.sent = 0
+        self.late_ms_max = 0.0  # worst lateness of a slot (the tester falling behind)
+        self._task: asyncio.Task[None] | None = None
+        self._count = 0
+
+    def add(self, dev: SimDevice) -> None:
+        self.slots[self._count % PACING_SLOTS].append(dev)
+        self._count += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="idle-mic-pacer")
+
+    async def _run(self) -> None:
+        slot_s = FRAME_MS / 1000 / PACING_SLOTS
+        t0 = time.monotonic()
+        tick = 0
+        while True:
+            due = t0 + tick * slot_s
+            delay = due - time.monotonic()
+            if delay < -FRAME_MS / 1000:
+                # More than a frame behind (a saturated machine): skip the missed slots rather
+                # than send bursts, as a device's microphone would not send the past either.
+                self.late_ms_max = max(self.late_ms_max, -delay * 1000)
+                tick = int((time.monotonic() - t0) / slot_s)
+                continue
+            if delay < 0:
+                self.late_ms_max = max(self.late_ms_max, -delay * 1000)
+            # Always yield: a send that does not block would otherwise starve the event loop.
+            await asyncio.sleep(max(0.0, delay))
+            packet = self.packets[(tick // PACING_SLOTS) % len(self.packets)]
+            for dev in self.slots[tick % PACING_SLOTS]:
+                if dev.closed:
+                    continue
+                with contextlib.suppress(Exception):
+                    await dev.send_opus(packet)
+                    self.sent += 1
+                # The device keeps a record of every frame it sent: not needed here, and a
+                # thousand devices over minutes would make it large.
+                if len(dev.sent) > 64:
+                    del dev.sent[:32]
+                    del dev.frame_send_times[:32]
+            tick += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
 
 async def _connect(index: int, target: Target) -> SimDevice:
@@ -114,6 +222,25 @@ async def _connect(index: int, target: Target) -> SimDevice:
     return dev
 
 
+def _per_frame(step: IdleStep, cpu_s: float) -> None:
+    taken = step.frames_sent - step.server_counters.get("uplink_frames_dropped", 0)
+    if step.devices and taken > 0:
+        step.cpu_ms_per_frame = round(cpu_s * 1000 / taken, 4)
+        step.cpu_percent_per_device_realtime = round(step.cpu_ms_per_frame * (1000 / FRAME_MS) / 10, 4)
+
+
+async def _counters(target: Target) -> dict[str, int]:
+    if not target.http_url:
+        return {}
+    from bench.server_metrics import get_json
+
+    try:
+        data = await get_json(target.http_url.rstrip("/") + "/metrics")
+    except Exception:  # noqa: BLE001 - a server without /metrics: the counters are just missing
+        return {}
+    return {str(k): int(v) for k, v in (data.get("counters") or {}).items()}
+
+
 def _window(samples: list[Sample], start: Sample, end: Sample, step: IdleStep) -> None:
     inside = [s for s in samples if start.t <= s.t <= end.t]
     step.samples = len(inside)
@@ -124,41 +251,78 @@ def _window(samples: list[Sample], start: Sample, end: Sample, step: IdleStep) -
         step.cpu_percent = round((end.cpu_s - start.cpu_s) / (end.t - start.t) * 100, 1)
 
 
-async def run_idle(target: Target, opts: IdleOptions, console: Console, result: IdleResult | None = None) -> IdleResult:
-    """Fills `result` step by step, so an interrupted run keeps the finished steps."""
+@dataclass
+class IdleFleet:
+    """The listening devices of a run, kept open after the idle steps when the e2e or ramp
+    measurement should run while they listen (`--idle-talk`)."""
+
+    devices: list[SimDevice] = field(default_factory=list)
+    pacer: MicPacer | None = None
+
+    async def close(self) -> None:
+        if self.pacer is not None:
+            await self.pacer.stop()
+        await asyncio.gather(*(d.close() for d in self.devices), return_exceptions=True)
+
+
+async def run_idle(target: Target, opts: IdleOptions, console: Console, result: IdleResult | None = None,
+                   fleet: IdleFleet | None = None) -> IdleResult:
+    """Fills `result` step by step, so an interrupted run keeps the finished steps. With a
+    `fleet`, the devices stay connected and streaming when this returns (the caller closes)."""
     result = result or IdleResult(opts, target)
     sampler = ResourceSampler(target.pid, interval_s=0.25)
     await sampler.start()
     if sampler.error:
         result.notes.append(f"idle: {sampler.error}; nothing to measure")
         return result
-    devices: list[SimDevice] = []
-    streams: list[asyncio.Task[None]] = []
+    keep = fleet is not None
+    fleet = fleet or IdleFleet()
+    devices = fleet.devices
+    if opts.audio != "none":
+        packets = await asyncio.to_thread(clip_packets, opts.audio)
+        fleet.pacer = MicPacer(packets)
+        sizes = sorted(len(p) for p in packets)
+        result.notes.append(f"uplink clip: {len(packets)} packets of {FRAME_MS} ms, {sizes[len(sizes) // 2]} bytes "
+                            f"median (max {sizes[-1]}); {sum(1 for n in sizes if n <= 2)} DTX packets (<= 2 bytes)")
     client_cpu0, t0 = time.process_time(), time.monotonic()
     try:
         for count in idle_counts(opts.devices):
             step = IdleStep(count)
             started = time.monotonic()
             while len(devices) + len(result.connect_errors) < count:
-                index = len(devices) + len(result.connect_errors)
-                try:
-                    dev = await _connect(index, target)
-                except Exception as exc:  # noqa: BLE001 - a device that cannot connect is a finding
-                    result.connect_errors.append(f"device {index}: {_reason(exc)}")
-                    continue
-                devices.append(dev)
-                if opts.audio == "silence":
-                    streams.append(asyncio.create_task(_stream_silence(dev), name=f"idle-mic-{index}"))
+                # A few at a time: a fleet of boards powering up is not one at a time either,
+                # and a thousand serial handshakes would take minutes on a busy machine.
+                first_index = len(devices) + len(result.connect_errors)
+                batch = range(first_index, min(count, first_index + CONNECT_BATCH))
+                outcomes = await asyncio.gather(*(_connect(i, target) for i in batch), return_exceptions=True)
+                for index, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, BaseException):
+                        if isinstance(outcome, asyncio.CancelledError):
+                            raise outcome
+                        result.connect_errors.append(f"device {index}: {_reason(outcome)}")
+                        continue
+                    devices.append(outcome)
+                    if fleet.pacer is not None:
+                        fleet.pacer.add(outcome)
             step.connect_s = round(time.monotonic() - started, 2) if count else None
             result.steps.append(step)
             console.log(f"idle: {len(devices)} device(s) connected and listening; settling {opts.settle_s:g} s")
             first = await sampler.sample_now()
+            counters0 = await _counters(target)
+            sent0 = fleet.pacer.sent if fleet.pacer is not None else 0
             await asyncio.sleep(opts.settle_s)
             last = await sampler.sample_now()
+            counters1 = await _counters(target)
+            step.server_counters = {k: v - counters0.get(k, 0) for k, v in counters1.items()
+                                    if v - counters0.get(k, 0)}
+            if fleet.pacer is not None and first is not None and last is not None:
+                step.frames_sent = fleet.pacer.sent - sent0
+                step.frames_expected = int(len(devices) * (last.t - first.t) * 1000 / FRAME_MS)
             if first is None or last is None:
                 result.notes.append(f"idle: {sampler.error or 'the server process could not be read'}")
                 return result
             _window(sampler.samples, first, last, step)
+            _per_frame(step, last.cpu_s - first.cpu_s)
             step.connected = sum(1 for d in devices if not d.closed)
             console.log(f"idle: {count} device(s): RSS {step.rss_mb} MB (peak {step.rss_peak_mb}), "
                         f"CPU {step.cpu_percent}%")
@@ -170,10 +334,11 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
             if dev.closed:
                 code = next((e.close_code for e in reversed(dev.events) if e.kind == "close"), None)
                 result.closed_by_server.append(f"device {index}: closed (code {code})")
-        for task in streams:
-            task.cancel()
-        await asyncio.gather(*streams, return_exceptions=True)
-        await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+        if fleet.pacer is not None and fleet.pacer.late_ms_max > FRAME_MS:
+            result.notes.append(f"the tester fell behind its frame schedule by up to {fleet.pacer.late_ms_max:.0f} ms "
+                                "(the machine is saturated; the server saw fewer frames than real devices send)")
+        if not keep:
+            await fleet.close()
         await sampler.stop()
         wall = time.monotonic() - t0
         if wall > 0:
@@ -181,6 +346,9 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
     if opts.audio == "silence":
         result.notes.append("each device streamed 60 ms Opus frames of digital silence in real time "
                             "(a listening firmware's microphone)")
+    elif opts.audio == "room":
+        result.notes.append(f"each device streamed 60 ms Opus frames of room noise ({ROOM_DBFS:g} dBFS RMS) in "
+                            "real time")
     else:
         result.notes.append("the devices sent nothing after listen start")
     return result

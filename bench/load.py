@@ -27,6 +27,9 @@ class RampOptions:
     step: int = 1
     max_devices: int = 16
     threshold_ms: float = 2000.0
+    # Pacing criterion (None: not used): a step also needs the p95 frame jitter at or under
+    # this and no playback stall.
+    jitter_ms: float | None = None
 
 
 @dataclass
@@ -44,6 +47,8 @@ class RampStep:
             "passed": self.passed,
             "p95_first_frame_ms": p95 if p95 is None else round(p95, 1) if math.isfinite(p95) else "inf",
             "first_frame_ms": s["first_frame_ms"],
+            "frame_jitter_ms": s["frame_jitter_ms"],
+            "stalls": s["stalls"],
             "stt_ms": s["stt_ms"],
             "tts_stop_ms": s["tts_stop_ms"],
             "turns": s["turns"],
@@ -86,12 +91,20 @@ async def run_ramp(target: Target, ramp: RampOptions, base: E2EOptions, console:
         await run_e2e(target, opts, console, step.result, label=f"ramp {n} dev")
         step.p95_first_frame_ms = step.result.first_frame_p95()
         p95 = step.p95_first_frame_ms
-        step.passed = p95 is not None and p95 <= ramp.threshold_ms
+        latency_ok = p95 is not None and p95 <= ramp.threshold_ms
+        summary = step.result.summary()
+        jitter = (summary["frame_jitter_ms"] or {}).get("p95")
+        pacing_ok = ramp.jitter_ms is None or (jitter is not None and jitter <= ramp.jitter_ms
+                                               and not summary["stalls"])
+        step.passed = latency_ok and pacing_ok
         shown = "inf (failed turns)" if p95 is not None and not math.isfinite(p95) else f"{p95:.0f} ms"
         console.log(f"ramp: {n} device(s): p95 first reply {shown} "
-                    f"{'<=' if step.passed else '>'} {ramp.threshold_ms:.0f} ms")
+                    f"{'<=' if latency_ok else '>'} {ramp.threshold_ms:.0f} ms; frame jitter p95 {jitter} ms, "
+                    f"{summary['stalls']} stall(s)")
         if not step.passed:
-            result.stopped_because = f"p95 first reply above {ramp.threshold_ms:.0f} ms at {n} devices"
+            result.stopped_because = (
+                f"p95 first reply above {ramp.threshold_ms:.0f} ms at {n} devices" if not latency_ok
+                else f"pacing (jitter p95 {jitter} ms, {summary['stalls']} stalls) at {n} devices")
             break
         result.capacity = n
         await asyncio.sleep(SETTLE_S)

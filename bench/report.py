@@ -40,6 +40,7 @@ class BenchRun:
     load_average_after: list[float] | None = None
     components: list[ComponentReport] = field(default_factory=list)
     e2e: E2EResult | None = None
+    e2e_empty: E2EResult | None = None  # --idle-talk: the same turns on the empty server first
     ramp: RampResult | None = None
     idle: IdleResult | None = None
     fakes: dict[str, Any] | None = None  # what the in-process fake providers saw (--fake-*)
@@ -79,6 +80,7 @@ class BenchRun:
             "config": self.config,
             "components": {c.key or c.kind: dataclasses.asdict(c) for c in self.components},
             "e2e": self.e2e.to_json() if self.e2e is not None else None,
+            "e2e_empty": self.e2e_empty.to_json() if self.e2e_empty is not None else None,
             "ramp": self.ramp.to_json() if self.ramp is not None else None,
             "idle": self.idle.to_json() if self.idle is not None else None,
             "fakes": self.fakes,
@@ -140,9 +142,14 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
             _put(out, f"{k}.success_rate", s.get("success_rate"))
     if run.e2e is not None:
         s = run.e2e.summary()
-        for metric in ("stt_ms", "first_frame_ms", "tts_stop_ms", "abort_to_stop_ms"):
+        for metric in ("stt_ms", "first_frame_ms", "tts_stop_ms", "abort_to_stop_ms", "typed_first_frame_ms"):
             _put_stats(out, f"e2e.{metric}", s.get(metric), three)
         _put(out, "e2e.stt_wer", s.get("stt_wer"))
+        _put_stats(out, "e2e.frame_jitter_ms", s.get("frame_jitter_ms"), ("p50", "p95", "max"))
+        for key in ("speculation_started", "speculation_used", "speculation_discarded",
+                    "speculation_wasted_llm_chunks"):
+            _put(out, f"e2e.{key}", run.e2e.server_counters.get(key, 0))
+        _put(out, "e2e.stalls", s.get("stalls"))
         _put(out, "e2e.turns_failed", s.get("turns_failed"))
         r = run.e2e.resources
         for key in ("cpu_percent_mean", "cpu_percent_per_device", "rss_peak_mb", "rss_per_device_mb"):
@@ -152,11 +159,28 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
         spans = span_summary(run.e2e.server_turns)
         for key in [k for k, *_ in SPANS] + ["tool_ms", "memory_ms"]:
             _put_stats(out, f"server.{key}" + ("" if key.endswith("_ms") else "_ms"), spans.get(key), ("p50", "p95"))
+    if run.e2e_empty is not None:
+        s = run.e2e_empty.summary()
+        for metric in ("stt_ms", "first_frame_ms"):
+            _put_stats(out, f"e2e_empty.{metric}", s.get(metric), three)
+        if run.e2e is not None:
+            empty = (s.get("first_frame_ms") or {}).get("p50")
+            busy = (run.e2e.summary().get("first_frame_ms") or {}).get("p50")
+            if empty and busy:
+                _put(out, "e2e.first_frame_p50_vs_empty", round(busy / empty, 3))
     if run.idle is not None:
         for step in run.idle.steps:
             _put(out, f"idle.{step.devices}dev.rss_mb", step.rss_mb)
             _put(out, f"idle.{step.devices}dev.rss_peak_mb", step.rss_peak_mb)
             _put(out, f"idle.{step.devices}dev.cpu_percent", step.cpu_percent)
+            if step.devices and step.cpu_percent is not None:
+                _put(out, f"idle.{step.devices}dev.cpu_percent_per_device", round(step.cpu_percent / step.devices, 3))
+            _put(out, f"idle.{step.devices}dev.cpu_ms_per_frame", step.cpu_ms_per_frame)
+            _put(out, f"idle.{step.devices}dev.cpu_percent_per_device_realtime",
+                 step.cpu_percent_per_device_realtime)
+            if step.frames_expected:
+                _put(out, f"idle.{step.devices}dev.frames_sent_share",
+                     round(step.frames_sent / step.frames_expected, 3))
         for key, value in run.idle.increments().items():
             _put(out, f"idle.{key}", value)
     fake_llm = ((run.fakes or {}).get("llm") or {})
@@ -171,6 +195,9 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
         _put(out, "ramp.capacity_devices", run.ramp.capacity)
         for step in run.ramp.steps:
             _put(out, f"ramp.{step.devices}dev.p95_first_frame_ms", step.p95_first_frame_ms)
+            step_summary = step.result.summary()
+            _put(out, f"ramp.{step.devices}dev.frame_jitter_p95_ms", (step_summary["frame_jitter_ms"] or {}).get("p95"))
+            _put(out, f"ramp.{step.devices}dev.stalls", step_summary["stalls"])
     return out
 
 
@@ -293,10 +320,18 @@ def print_report(run: BenchRun, console: Console) -> None:
         console.print(table(STATS_HEADERS, component_rows(c)))
         for note in c.notes:
             console.print(f"  note: {note}")
+    if run.e2e_empty is not None:
+        console.print("\n(the same turns on the empty server, before the idle devices connected)")
+        print_e2e(run.e2e_empty, console)
     if run.idle is not None:
         print_idle(run.idle, console)
     if run.e2e is not None:
+        if run.e2e_empty is not None and run.idle is not None:
+            console.print(f"\n(while {run.idle.options.devices} devices listen: {run.idle.options.audio})")
         print_e2e(run.e2e, console)
+        ratio = flat_summary(run).get("e2e.first_frame_p50_vs_empty")
+        if ratio is not None:
+            console.print(f"  first reply p50 with the idle devices / on the empty server: {ratio:.3f}")
     if run.ramp is not None:
         print_ramp(run.ramp, console)
     if run.fakes:
@@ -316,11 +351,18 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
     console.print(table(STATS_HEADERS, [
         _stats_row("-> stt", s["stt_ms"]),
         _stats_row("-> first reply frame", s["first_frame_ms"]),
+        _stats_row("typed -> first reply frame", s["typed_first_frame_ms"]),
         _stats_row("-> tts stop", s["tts_stop_ms"]),
         _stats_row("abort -> tts stop", s["abort_to_stop_ms"]),
     ]))
     if s["stt_wer"] is not None:
         console.print(f"  stt word error rate vs the spoken questions: {s['stt_wer'] * 100:.1f}%")
+    jitter = s.get("frame_jitter_ms") or {}
+    if jitter.get("n"):
+        console.print(f"  reply frame pacing (gap minus frame duration, {jitter['n']} frames): p50 "
+                      f"{_cell(jitter.get('p50'))} / p95 {_cell(jitter.get('p95'))} / "
+                      f"max {_cell(jitter.get('max'))} ms; "
+                      f"playback stalls {s['stalls']} ({s['stall_ms']} ms, in {s['turns_with_stall']} turn(s))")
     stages = stage_summary(e2e.server_turns)
     if any(v["n"] for v in stages.values()):
         console.print("Server stages (/metrics), ms")
@@ -336,6 +378,13 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
             rows.append(_stats_row("tools run (tool_ms)", spans["tool_ms"]))
         console.print(table(STATS_HEADERS, rows))
     counters = e2e.server_counters
+    if counters.get("speculation_started"):
+        voice = [t for t in e2e.server_turns if t.get("kind") == "voice" and not t.get("error")]
+        spec = sum(1 for t in voice if t.get("speculative"))
+        console.print(f"Speculation: {counters['speculation_started']} replies started inside the silence window, "
+                      f"{counters.get('speculation_used', 0)} used, {counters.get('speculation_discarded', 0)} "
+                      f"thrown away ({counters.get('speculation_wasted_llm_chunks', 0)} streamed LLM pieces wasted); "
+                      f"{spec} of {len(voice)} voice turns answered by one")
     if counters.get("early_asr_started"):
         started, used = counters["early_asr_started"], counters.get("early_asr_used", 0)
         console.print(f"Early ASR: {started} started during endpoint waits, {used} handed to a turn, "
@@ -384,6 +433,23 @@ def print_idle(idle: IdleResult, console: Console) -> None:
                   f"{_cell(inc['cpu_percent_per_device'])}% CPU (100% = one core)")
     if idle.client_cpu_percent is not None:
         console.print(f"  simulated devices (this process): CPU mean {idle.client_cpu_percent}%")
+    for step in idle.steps:
+        if step.frames_expected:
+            console.print(f"  {step.devices} device(s): sent {step.frames_sent} of {step.frames_expected} real-time "
+                          f"frames ({step.frames_sent / step.frames_expected * 100:.0f}%), "
+                          f"{step.server_counters.get('uplink_frames_dropped', 0)} dropped by the server; "
+                          f"server CPU {_cell(step.cpu_ms_per_frame)} ms per frame taken in = "
+                          f"{_cell(step.cpu_percent_per_device_realtime)}% of a core per device at the real-time rate")
+        c = step.server_counters
+        frames = c.get("uplink_dtx_frames", 0) + c.get("uplink_decoded_frames", 0)
+        if not frames:
+            continue
+        windows = c.get("vad_windows_run", 0) + c.get("vad_windows_skipped", 0)
+        per_batch = c.get("vad_jobs", 0) / c["vad_batches"] if c.get("vad_batches") else None
+        console.print(f"  {step.devices} device(s): {frames} uplink frames in the window, "
+                      f"{c.get('uplink_dtx_frames', 0)} DTX (no decode, no model), {c.get('uplink_decoded_frames', 0)} "
+                      f"decoded; VAD windows {c.get('vad_windows_run', 0)} run / {c.get('vad_windows_skipped', 0)} "
+                      f"skipped as quiet of {windows}; {_cell(per_batch and round(per_batch, 1))} jobs per batch")
     for err in idle.connect_errors[:5]:
         console.print(f"  connect error: {err}")
     for closed in idle.closed_by_server[:5]:
@@ -427,14 +493,18 @@ def print_fakes(fakes: dict[str, Any], console: Console) -> None:
 
 def print_ramp(ramp: RampResult, console: Console) -> None:
     console.print()
-    console.print(f"LOAD RAMP: threshold p95 first reply <= {ramp.options.threshold_ms:.0f} ms")
+    pacing = (f", frame jitter p95 <= {ramp.options.jitter_ms:g} ms and no stall"
+              if ramp.options.jitter_ms is not None else "")
+    console.print(f"LOAD RAMP: threshold p95 first reply <= {ramp.options.threshold_ms:.0f} ms{pacing}")
     rows = []
     for step in ramp.steps:
         j = step.to_json()
         rows.append([step.devices, (j["first_frame_ms"] or {}).get("p50"), step.p95_first_frame_ms,
                      (j["first_frame_ms"] or {}).get("max"), f"{j['turns'] - j['turns_failed']}/{j['turns']}",
+                     (j["frame_jitter_ms"] or {}).get("p95"), j["stalls"],
                      j["cpu_percent_mean"], j["rss_peak_mb"], "pass" if step.passed else "FAIL"])
-    console.print(table(["devices", "p50 ms", "p95 ms", "max ms", "ok", "CPU %", "RSS MB", ""], rows))
+    console.print(table(["devices", "p50 ms", "p95 ms", "max ms", "ok", "jitter p95", "stalls", "CPU %", "RSS MB", ""],
+                        rows))
     cap = ramp.capacity
     shown = "not determined" if cap is None else f"at least {cap}" if ramp.capacity_is_lower_bound else str(cap)
     console.print(f"Capacity: {shown} device(s) "

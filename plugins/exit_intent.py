@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.plugin_api import EndSession, ToolContext, tool, tr
+from server.plugin_api import EndSession, ToolContext, settings_of, tool, tr
 
 
 class Settings(BaseModel):
@@ -30,11 +30,11 @@ async def end_conversation(ctx: ToolContext, farewell: str = "") -> EndSession:
     Args:
         farewell: a short goodbye in the user's language (one sentence); empty for the default.
     """
-    s = ctx.settings
+    s = settings_of(ctx, Settings)
     text = " ".join(farewell.split())
-    limit = int(s.get("max_chars", 60))
+    limit = s.max_chars
     if len(text) > limit:
         text = text[:limit].rstrip() + ("…" if ctx.language.startswith("zh") else "...")
     if not text:
-        text = tr(ctx, s.get("goodbye_zh", Settings().goodbye_zh), s.get("goodbye_en", Settings().goodbye_en))
+        text = tr(ctx, s.goodbye_zh, s.goodbye_en)
     return EndSession(text)

@@ -1,11 +1,15 @@
 """Home Assistant: read a device's state and switch it, through HA's REST API with a long-lived
 access token.
 
-The devices the model may touch are listed in config (`entities`); they are written into the
-tool descriptions, so the model knows what exists, and a spoken name ("客厅灯", "living room
-light") is resolved to its entity_id here rather than guessed by the model. Reads use
-`GET /api/states/<entity_id>`, changes `POST /api/services/<domain>/<service>` followed by a
-read-back, so the answer reports the state HA actually reached.
+The devices the model may touch are an explicit allow-list in config (`entities`; empty means
+none); they are written into the tool descriptions, so the model knows what exists, and a spoken
+name ("客厅灯", "living room light") is resolved to its entity_id here rather than guessed by
+the model. Which services may be called is allowed per domain (`services`): locks, alarm panels,
+covers (garage doors) and valves are refused unless the config names their domain there. Every
+refusal reads the same whether or not an entity exists in Home Assistant, and an id that is not
+listed is never sent to Home Assistant, so the assistant cannot be used to probe the house.
+Reads use `GET /api/states/<entity_id>`, changes `POST /api/services/<domain>/<service>` followed
+by a read-back, so the answer reports the state HA actually reached.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from server.plugin_api import Say, ToolContext, ToolResult, http_session, tool, tr
+from server.plugin_api import Say, ToolContext, ToolResult, http_session, settings_of, tool, tr
 
 
 class Entity(BaseModel):
@@ -40,6 +44,18 @@ class Entity(BaseModel):
         return self.entity_id.split(".", 1)[0]
 
 
+# Domains whose services open the house or disarm it: never allowed by default.
+SENSITIVE_DOMAINS = frozenset({"lock", "alarm_control_panel", "cover", "valve"})
+_ON_OFF_TOGGLE = ["turn_on", "turn_off", "toggle"]
+DEFAULT_SERVICES: dict[str, list[str]] = {
+    "light": _ON_OFF_TOGGLE, "switch": _ON_OFF_TOGGLE, "fan": _ON_OFF_TOGGLE, "input_boolean": _ON_OFF_TOGGLE,
+    "humidifier": _ON_OFF_TOGGLE, "climate": [*_ON_OFF_TOGGLE, "set_temperature"],
+    "media_player": [*_ON_OFF_TOGGLE, "media_stop"], "scene": ["turn_on"], "script": ["turn_on"],
+    "button": ["press"], "input_button": ["press"],
+}
+REFUSED = "that device or action is not available to the voice assistant; tell the user so"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str = "http://homeassistant.local:8123"
@@ -47,9 +63,12 @@ class Settings(BaseModel):
     token: SecretStr
     # Per request; stays under the tools' 10 s budget so the model hears HA's own error.
     timeout_s: float = Field(default=5.0, gt=0, le=9)
+    # The allow-list: only these entities can be read or changed. Empty: none.
     entities: list[Entity] = Field(default_factory=list)
-    # Also accept entity_ids that are not listed (only ever when the model passes an exact id).
-    allow_unlisted: bool = False
+    # Services allowed per domain, merged over DEFAULT_SERVICES (a domain set to [] allows
+    # nothing). lock, alarm_control_panel, cover and valve need an entry here, e.g.
+    # {cover: [open_cover, close_cover, stop_cover, set_cover_position]}.
+    services: dict[str, list[str]] = Field(default_factory=dict)
     # Say a short confirmation after a change instead of handing the new state to the model
     # (saves one LLM round; the model cannot add anything of its own).
     speak_confirmation: bool = False
@@ -79,18 +98,31 @@ def _norm(text: str) -> str:
     return "".join(ch for ch in text if ch.isalnum())
 
 
-def resolve_entity(entities: list[Entity], spoken: str, allow_unlisted: bool) -> Entity:
-    """The configured entity the user means, or HassError listing the candidates."""
+def allowed_services(settings: Settings) -> dict[str, frozenset[str]]:
+    merged = {**DEFAULT_SERVICES, **settings.services}
+    return {domain: frozenset(names) for domain, names in merged.items()}
+
+
+def check_allowed(call: ServiceCall, entity: Entity, allowed: dict[str, frozenset[str]]) -> None:
+    """Refuse a service the config does not allow for the entity's domain (HassError REFUSED)."""
+    # Keyed by the entity's own domain, also when the call goes through the generic
+    # homeassistant.* services: listing `switch` never unlocks anything else.
+    if call.service not in allowed.get(entity.domain, frozenset()):
+        raise HassError(REFUSED)
+
+
+def resolve_entity(entities: list[Entity], spoken: str) -> Entity:
+    """The allow-listed entity the user means, or HassError. An id that is not listed gets the
+    same refusal whether or not it exists (it is never looked up)."""
     spoken = spoken.strip()
     for e in entities:
         if spoken.lower() == e.entity_id:
             return e
+    if not entities:
+        raise HassError(REFUSED)
     if re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z0-9_]+", spoken.lower()):
         # An exact id is a precise reference: never fuzzy-match it onto a similar device.
-        if allow_unlisted or not entities:
-            return Entity(entity_id=spoken.lower(), name=spoken)
-        known = ", ".join(e.entity_id for e in entities)
-        raise HassError(f"{spoken} is not one of the configured devices: {known}")
+        raise HassError(REFUSED)
     q = _norm(spoken)
     if not q:
         raise HassError("no device named; ask the user which device")
@@ -114,8 +146,8 @@ def resolve_entity(entities: list[Entity], spoken: str, allow_unlisted: bool) ->
     if scored and scored[0][0] >= 0.6 and (len(scored) == 1 or scored[1][0] < scored[0][0] or
                                            scored[1][1] is scored[0][1]):
         return scored[0][1]
-    known = ", ".join(e.names[0] for e in entities) or "none configured"
-    raise HassError(f"no device called {spoken!r}; known devices: {known}")
+    known = ", ".join(e.names[0] for e in entities)
+    raise HassError(f"no device called {spoken!r} is available; available devices: {known}")
 
 
 # ------------------------------------------------------------------------------ services
@@ -221,10 +253,10 @@ def compact_state(state: dict[str, Any], entity: Entity) -> dict[str, Any]:
 
 
 async def _request(ctx: ToolContext, method: str, path: str, body: dict | None = None) -> Any:
-    s = ctx.settings
-    url = s["base_url"] + path
-    headers = {"Authorization": f"Bearer {s['token'].get_secret_value()}", "Content-Type": "application/json"}
-    timeout = float(s["timeout_s"])
+    s = settings_of(ctx, Settings)
+    url = s.base_url + path
+    headers = {"Authorization": f"Bearer {s.token.get_secret_value()}", "Content-Type": "application/json"}
+    timeout = s.timeout_s
     async with http_session(ctx) as http:
         try:
             async with http.request(method, url, json=body, headers=headers,
@@ -234,7 +266,7 @@ async def _request(ctx: ToolContext, method: str, path: str, body: dict | None =
         except TimeoutError:
             raise HassError(f"Home Assistant did not answer within {timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise HassError(f"cannot reach Home Assistant at {s['base_url']} ({type(exc).__name__})") from None
+            raise HassError(f"cannot reach Home Assistant at {s.base_url} ({type(exc).__name__})") from None
     if status == 401:
         raise HassError("Home Assistant rejected the access token (HTTP 401); check plugins.home_assistant.token",
                         401)
@@ -259,28 +291,28 @@ async def _read_state(ctx: ToolContext, entity: Entity) -> dict[str, Any]:
 
 
 def _entities(ctx: ToolContext) -> list[Entity]:
-    return [e if isinstance(e, Entity) else Entity.model_validate(e) for e in ctx.settings.get("entities") or []]
+    return settings_of(ctx, Settings).entities
 
 
 # ------------------------------------------------------------------------------ descriptions
 
 
-def _device_list(settings: dict[str, Any]) -> str:
-    entities = [e if isinstance(e, Entity) else Entity.model_validate(e) for e in settings.get("entities") or []]
+def _device_list(settings: Settings | None) -> str:
+    entities = settings.entities if settings is not None else []
     if not entities:
-        return " No device list is configured: pass exact entity_ids such as light.kitchen."
+        return " No device is configured for voice control: tell the user so."
     shown = [f"{' / '.join(e.names)} ({e.entity_id}{', ' + e.area if e.area else ''})" for e in entities[:80]]
     more = f"; and {len(entities) - 80} more" if len(entities) > 80 else ""
     return " Devices: " + "; ".join(shown) + more + "."
 
 
-def _describe_get(settings: dict[str, Any]) -> str:
+def _describe_get(settings: Settings | None) -> str:
     return ("Read the current state of a smart-home device through Home Assistant (on/off, brightness, "
             "temperature, position, sensor value). Call when the user asks about a device, e.g. "
             "\"客厅灯开着吗\", \"卧室温度多少\", \"is the garage door open\"." + _device_list(settings))
 
 
-def _describe_set(settings: dict[str, Any]) -> str:
+def _describe_set(settings: Settings | None) -> str:
     return ("Switch or adjust a smart-home device through Home Assistant: on/off/toggle, open/close/stop "
             "(covers, valves), lock/unlock, light brightness, thermostat temperature, cover position. Call "
             "only when the user asks to change a device, e.g. \"打开客厅灯\", \"把卧室灯调到30%\", "
@@ -298,7 +330,7 @@ async def hass_get_state(ctx: ToolContext, entity: str) -> dict | ToolResult:
         entity: the device as the user named it (e.g. 客厅灯, bedroom light) or its entity_id.
     """
     try:
-        target = resolve_entity(_entities(ctx), entity, bool(ctx.settings.get("allow_unlisted")))
+        target = resolve_entity(_entities(ctx), entity)
         return compact_state(await _read_state(ctx, target), target)
     except HassError as exc:
         return ToolResult.error(str(exc))
@@ -322,8 +354,9 @@ async def hass_set_state(ctx: ToolContext, entity: str, state: State, brightness
         position: cover (curtain, blind, garage door) position in percent, 0 closed to 100 open.
     """
     try:
-        target = resolve_entity(_entities(ctx), entity, bool(ctx.settings.get("allow_unlisted")))
+        target = resolve_entity(_entities(ctx), entity)
         call, notes = plan_service(target.entity_id, state, brightness, temperature, position)
+        check_allowed(call, target, allowed_services(settings_of(ctx, Settings)))
         try:
             await _request(ctx, "POST", f"/api/services/{call.domain}/{call.service}", call.data)
         except HassError as exc:
@@ -333,7 +366,7 @@ async def hass_set_state(ctx: ToolContext, entity: str, state: State, brightness
         after = compact_state(await _read_state(ctx, target), target)
     except HassError as exc:
         return ToolResult.error(str(exc))
-    if ctx.settings.get("speak_confirmation"):
+    if settings_of(ctx, Settings).speak_confirmation:
         name = after["name"] or target.entity_id
         st = str(after.get("state"))
         extra = f"，亮度{after['brightness_pct']}%" if "brightness_pct" in after and st == "on" else ""

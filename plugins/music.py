@@ -25,7 +25,7 @@ from pathlib import Path
 import miniaudio
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.plugin_api import PlayAudio, ToolContext, ToolResult, tool, tr
+from server.plugin_api import PlayAudio, ToolContext, ToolResult, settings_of, tool, tr
 
 log = logging.getLogger("plugins.music")
 
@@ -175,13 +175,13 @@ async def pcm_chunks(path: Path, sample_rate: int, chunk_ms: int) -> AsyncIterat
 
 
 def _music_dir(ctx: ToolContext) -> Path:
-    configured = ctx.settings.get("music_dir") or ctx.extras.get("music_dir") or "music"
+    configured = settings_of(ctx, Settings).music_dir or ctx.extras.get("music_dir") or "music"
     return Path(configured).expanduser()
 
 
 async def _library(ctx: ToolContext) -> tuple[Path, list[Song]]:
     folder = _music_dir(ctx)
-    exts = ctx.settings.get("extensions") or Settings().extensions
+    exts = settings_of(ctx, Settings).extensions
     songs = await asyncio.to_thread(lambda: scan(folder, exts) if folder.is_dir() else [])
     return folder, songs
 
@@ -202,9 +202,9 @@ async def play_music(ctx: ToolContext, song: str = "") -> PlayAudio | ToolResult
     if _is_random(song):
         chosen = random.choice(songs)
     else:
-        chosen = find_song(songs, song, float(ctx.settings.get("min_score", 0.5)))
+        chosen = find_song(songs, song, settings_of(ctx, Settings).min_score)
         if chosen is None:
-            limit = int(ctx.settings.get("max_list", 30))
+            limit = settings_of(ctx, Settings).max_list
             some = ", ".join(s.title for s in songs[:limit])
             return ToolResult(text=f"No song matches {song!r}. Available songs: {some}. Tell the user, and "
                                    "offer one of these.")
@@ -216,7 +216,7 @@ async def play_music(ctx: ToolContext, song: str = "") -> PlayAudio | ToolResult
     # Keep the file's own rate (the session resamples once, with a better filter); only very
     # high rates are brought down here to keep chunks small.
     rate = min(int(info.sample_rate), 48000)
-    chunks = pcm_chunks(chosen.path, rate, int(ctx.settings.get("chunk_ms", 250)))
+    chunks = pcm_chunks(chosen.path, rate, settings_of(ctx, Settings).chunk_ms)
     log.info("playing %s (%s Hz, %.0f s)", chosen.path, rate, info.duration)
     return PlayAudio(chunks, rate, text=tr(ctx, f"正在播放《{chosen.title}》", f"Playing {chosen.title}"))
 
@@ -229,6 +229,6 @@ async def list_music(ctx: ToolContext) -> dict | str:
     folder, songs = await _library(ctx)
     if not songs:
         return f"The music library ({folder}) is empty."
-    limit = int(ctx.settings.get("max_list", 30))
+    limit = settings_of(ctx, Settings).max_list
     return {"count": len(songs), "songs": [s.title for s in songs[:limit]],
             "more": max(0, len(songs) - limit)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.plugin_api import Say, ToolContext, ToolResult, tool, tr
+from server.plugin_api import Say, ToolContext, ToolResult, settings_of, tool, tr
 
 KEY = "persona"
 
@@ -43,7 +43,7 @@ async def set_persona(ctx: ToolContext, persona: str, name: str = "") -> Say | T
         return ToolResult.error("persona is empty; describe the role, e.g. 你是一个海盗")
     if ctx.storage is None:
         return _no_storage(ctx)
-    limit = int(ctx.settings.get("max_chars", 400))
+    limit = settings_of(ctx, Settings).max_chars
     text = text[:limit]
     await ctx.storage.set_value(ctx.user_id, KEY, text)
     name = name.strip()

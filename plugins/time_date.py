@@ -12,7 +12,7 @@ import zoneinfo
 from lunar_python import Solar
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from server.plugin_api import ToolContext, ToolResult, tool
+from server.plugin_api import ToolContext, ToolResult, settings_of, tool
 
 WEEKDAYS_ZH = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
 WEEKDAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -35,8 +35,8 @@ class Settings(BaseModel):
         return value
 
 
-def now_in(settings: dict) -> dt.datetime:
-    zone = settings.get("timezone") or ""
+def now_in(settings: Settings) -> dt.datetime:
+    zone = settings.timezone or ""
     now = dt.datetime.now().astimezone()  # the local clock with the server's zone
     return now.astimezone(zoneinfo.ZoneInfo(zone)) if zone else now
 
@@ -47,13 +47,13 @@ async def get_time_and_date(ctx: ToolContext) -> dict:
     Call only when the user asks what time it is, today's date or weekday, or needs them
     for a calculation (e.g. "几点了", "今天星期几", "what's the date").
     """
-    now = now_in(ctx.settings)
+    now = now_in(settings_of(ctx, Settings))
     zh = ctx.language.startswith("zh")
     return {
         "time": now.strftime("%H:%M"),
         "date": now.strftime("%Y-%m-%d"),
         "weekday": (WEEKDAYS_ZH if zh else WEEKDAYS_EN)[now.weekday()],
-        "timezone": ctx.settings.get("timezone") or now.tzname() or "",
+        "timezone": settings_of(ctx, Settings).timezone or now.tzname() or "",
     }
 
 
@@ -97,7 +97,7 @@ async def get_lunar_date(ctx: ToolContext, date: str = "") -> dict | ToolResult:
         except ValueError:
             return ToolResult.error(f"date {date!r} is not YYYY-MM-DD; call again with e.g. 2025-10-01")
     else:
-        day = now_in(ctx.settings).date()
+        day = now_in(settings_of(ctx, Settings)).date()
     if not 1901 <= day.year <= 2099:
         return ToolResult.error("the lunar calendar is only available for 1901-2099")
     return lunar_info(day)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from server.plugin_api import ToolContext, ToolResult, http_session, tool
+from server.plugin_api import ToolContext, ToolResult, http_session, settings_of, tool
 
 OPEN_METEO_GEOCODING = "https://geocoding-api.open-meteo.com/v1/search"
 OPEN_METEO_FORECAST = "https://api.open-meteo.com/v1/forecast"
@@ -112,14 +112,14 @@ async def _get_json(http: aiohttp.ClientSession, url: str, params: dict[str, Any
 # ---------------------------------------------------------------------------------- Open-Meteo
 
 
-async def _open_meteo(http: aiohttp.ClientSession, s: dict[str, Any], city: str, days: int, zh: bool) -> dict:
+async def _open_meteo(http: aiohttp.ClientSession, s: Settings, city: str, days: int, zh: bool) -> dict:
     lang = "zh" if zh else "en"
-    timeout = float(s["timeout_s"])
+    timeout = s.timeout_s
     place = None
     # "北京市" may only be known as "北京": retry without the administrative suffix.
     names = [city] + ([city[:-1]] if len(city) > 2 and city[-1] in "市县区省" else [])
     for name in names:
-        status, data = await _get_json(http, s["geocoding_url"],
+        status, data = await _get_json(http, s.geocoding_url,
                                        {"name": name, "count": 1, "language": lang, "format": "json"}, timeout)
         if status != 200:
             raise WeatherError(f"the geocoding service answered HTTP {status}: {_reason(data)}")
@@ -135,7 +135,7 @@ async def _open_meteo(http: aiohttp.ClientSession, s: dict[str, Any], city: str,
         "daily": "weather_code,temperature_2m_max,temperature_2m_min,precipitation_probability_max",
         "timezone": "auto", "forecast_days": days,
     }
-    status, data = await _get_json(http, s["forecast_url"], params, timeout)
+    status, data = await _get_json(http, s.forecast_url, params, timeout)
     if status != 200 or not isinstance(data, dict):
         raise WeatherError(f"the forecast service answered HTTP {status}: {_reason(data)}")
     cur = data.get("current") or {}
@@ -190,10 +190,10 @@ def _qweather_check(status: int, data: Any, what: str) -> dict:
     raise WeatherError(f"{what}: HTTP {status}, code {code or '-'}: {_reason(data)}")
 
 
-async def _qweather(http: aiohttp.ClientSession, s: dict[str, Any], city: str, days: int, zh: bool) -> dict:
-    host = s["api_host"]
-    timeout = float(s["timeout_s"])
-    headers = {"X-QW-Api-Key": s["api_key"].get_secret_value()}
+async def _qweather(http: aiohttp.ClientSession, s: Settings, city: str, days: int, zh: bool) -> dict:
+    host = s.api_host
+    timeout = s.timeout_s
+    headers = {"X-QW-Api-Key": s.api_key.get_secret_value()}
     lang = "zh" if zh else "en"
     status, data = await _get_json(http, f"{host}/geo/v2/city/lookup",
                                    {"location": city, "number": 1, "lang": lang}, timeout, headers)
@@ -241,15 +241,15 @@ async def get_weather(ctx: ToolContext, city: str = "", days: int = 1) -> dict |
             user's default location.
         days: days of forecast including today, 1 to 7 (1 for today, 2 to include tomorrow).
     """
-    s = ctx.settings
-    city = " ".join(city.split()) or str(s.get("default_location") or "").strip()
+    s = settings_of(ctx, Settings)
+    city = " ".join(city.split()) or s.default_location.strip()
     if not city:
         return ToolResult.error("no city given and no default location configured; ask the user which city")
     days = max(1, min(7, days))
     zh = ctx.language.startswith("zh")
     async with http_session(ctx) as http:
         try:
-            if s.get("provider") == "qweather":
+            if s.provider == "qweather":
                 return await _qweather(http, s, city, days, zh)
             return await _open_meteo(http, s, city, days, zh)
         except WeatherError as exc:

@@ -77,9 +77,10 @@ if [ ! -f "$STAMP" ]; then
     fi
     "${PIP[@]}" install --no-deps "$WHEELS"/llama_cpp_python-*.whl
   fi
-  # 5. The project and everything else (ranges in pyproject.toml), plus the test tools.
+  # 5. The project and everything else (ranges in pyproject.toml), plus the test tools and the
+  #    benchmark's extra (matplotlib, for its chart; the server itself never needs it).
   say "installing Python dependencies"
-  "${PIP[@]}" install -e ".[dev,postgres]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
+  "${PIP[@]}" install -e ".[dev,bench,postgres]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from server.config.loader import ROOT_DIR, ConfigError, load_config
+from server.config.loader import ROOT_DIR, ConfigError, load_config, with_ports
 from server.logging_setup import setup_logging
 from server.providers.base import ProviderUnavailable
 
@@ -38,18 +38,37 @@ async def _serve(config, root: Path) -> None:  # noqa: ANN001
         logging.getLogger("server").info("shutting down")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def devices_main(argv: list[str]) -> int:
+    """`python -m server devices ...` (works while the server runs)."""
+    from server.pairing import cli
+
+    p = argparse.ArgumentParser(prog="python -m server")
+    p.add_argument("--config", help="override file merged over config.yaml")
+    cli.add_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
     root = Path(os.environ.get("XZ_ROOT", ROOT_DIR))
     try:
         config = load_config(override=args.config, base=root / "config.yaml", cwd=root)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    if args.port is not None:
-        config.server.port = args.port
-    if args.http_port is not None:
-        config.server.http_port = args.http_port
+    if not config.server.auth.enabled:
+        print("note: server.auth.enabled is false, so pairing is not enforced", file=sys.stderr)
+    return cli.main(args, root / config.data_dir, config.server.auth.pairing)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "devices" in argv[:3]:
+        return devices_main(argv)
+    args = parse_args(argv)
+    root = Path(os.environ.get("XZ_ROOT", ROOT_DIR))
+    ports = {key: value for key, value in (("port", args.port), ("http_port", args.http_port)) if value is not None}
+    try:
+        config = with_ports(load_config(override=args.config, base=root / "config.yaml", cwd=root), ports)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         print("config OK")
         return 0

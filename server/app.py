@@ -17,7 +17,8 @@ from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
 from server.fleet.node import FleetNode
-from server.runtime import Services, build_services
+from server.pairing import Pairing, SqliteDeviceRegistry
+from server.runtime import ListeningPorts, Services, build_services
 from server.state.datadir_lock import DataDirLock
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
@@ -48,6 +49,23 @@ def _async(fn: Any) -> Any:
     return call
 
 
+async def open_pairing(config: AppConfig, data_dir: Path, state: Any = None) -> Pairing | None:
+    """The device registry, when auth with pairing is on (None otherwise): in the shared
+    PostgreSQL of a fleet (state.url), else SQLite in data_dir."""
+    a = config.server.auth
+    if not (a.enabled and a.pairing.enabled):
+        return None
+    registry: Any
+    if state is not None and state.shared:
+        from server.state.pg_registry import PgDeviceRegistry
+
+        registry = PgDeviceRegistry(state.extras["pg_pool"])
+    else:
+        registry = SqliteDeviceRegistry(data_dir / a.pairing.db)
+    await registry.open()
+    return Pairing(registry, a.pairing)
+
+
 def _is_loopback_host(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
@@ -75,8 +93,12 @@ class RunningServer:
     http: web.AppRunner
     ws_port: int
     http_port: int
+    pairing: Pairing | None = None
+    background: list[asyncio.Task[None]] | None = None
 
     async def close(self) -> None:
+        for task in self.background or []:
+            task.cancel()
         self.ws.close()
         for session in list(self.services.sessions):
             await session.close("server shutting down")
@@ -84,6 +106,8 @@ class RunningServer:
             await asyncio.wait_for(self.ws.wait_closed(), timeout=5)
         await self.http.cleanup()
         await self.services.close()
+        if self.pairing is not None:
+            await self.pairing.registry.close()
 
 
 @contextlib.asynccontextmanager
@@ -105,11 +129,14 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     if lock is not None:
         services._closers.insert(0, _async(lock.release))
     cfg = config.server
-    devices = DeviceServer(services, auth)
+    pairing = await open_pairing(config, data_dir, services.state)
+    if pairing is not None and services.vision is not None:
+        services.vision.current_generation = pairing.current_generation
+    devices = DeviceServer(services, auth, pairing)
     ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,
                      compression=None, max_size=cfg.max_message_bytes, ping_interval=None,
                      open_timeout=10, close_timeout=2, logger=logging.getLogger("websockets"))
-    api = HttpApi(services, auth)
+    api = HttpApi(services, auth, pairing=pairing)
     runner = web.AppRunner(api.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
@@ -117,13 +144,14 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     ws_port = next(iter(ws.sockets)).getsockname()[1]
     http_port = runner.addresses[0][1] if runner.addresses else cfg.http_port
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
-    cfg.port, cfg.http_port = ws_port, http_port
-    running = RunningServer(services, ws, runner, ws_port, http_port)
+    services.ports = ListeningPorts(ws_port, http_port)
+    watcher = asyncio.create_task(devices.watch_revocations(), name="revocations")
+    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher])
     for warning in security_warnings(config):
         log.warning(warning)
     log.info("ready in %.1f s: WebSocket ws://%s:%d%s, OTA http://%s:%d/xiaozhi/ota/ (auth %s)",
              time.monotonic() - t0, cfg.host, ws_port, cfg.ws_path, cfg.host, http_port,
-             "on" if cfg.auth.enabled else "off")
+             ("on, pairing " + ("on" if pairing else "off")) if cfg.auth.enabled else "off")
     try:
         yield running
     finally:

@@ -78,6 +78,15 @@ class DeviceToolsOwner(Protocol):
     async def send_iot_commands(self, commands: list[dict[str, Any]]) -> None: ...
 
 
+@dataclass(slots=True, frozen=True)
+class ListeningPorts:
+    """Where the server really listens. Port 0 in the config asks the OS for a free port; the OTA
+    answer and the vision URL must name the bound one, and the config itself is never changed."""
+
+    websocket: int
+    http: int
+
+
 @dataclass
 class Services:
     """The runtime: typed providers, the reply voice, memory, tool sources, metrics."""
@@ -103,6 +112,8 @@ class Services:
     vision: VisionService | None = None  # VisionHandler for /mcp/vision/explain
     state: Any = None  # StateBackend (server/state): memory store, leases, fleet bus
     fleet: Any = None  # FleetNode (server/fleet/node.py), set by app.py
+    # The configured ports until the listeners are bound (app.running_server sets the real ones).
+    ports: ListeningPorts = ListeningPorts(0, 0)
     _http: aiohttp.ClientSession | None = None
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _voice: OpusVoice | None = None
@@ -177,11 +188,13 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
         for p in providers.values():
             await p.close()
         raise errors[0]
-    services = Services(config=config, root_dir=root_dir, **providers)
+    services = Services(config=config, root_dir=root_dir, **providers,
+                        ports=ListeningPorts(config.server.port, config.server.http_port))
     try:
         from server.state import open_state
 
-        services.state = await open_state(config.state, services.data_dir, config.memory.db)
+        services.state = await open_state(config.state, services.data_dir, config.memory.db,
+                                          max_exchanges_per_user=config.memory.max_exchanges_per_user)
         services._closers.append(services.state.close)
         services.memory = MemoryManager(config.memory, services.state.memory, services.llm,
                                         config.assistant.language)
@@ -191,7 +204,7 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
             services.tool_sources.append(PluginTools.from_config(config.plugins))
         await _start_device_tools(services, auth)
         if config.mcp_servers:
-            from server.mcp_ext import ExternalMcpManager
+            from server.tools.remote_mcp import ExternalMcpManager
 
             mcp = ExternalMcpManager(config.mcp_servers)
             services._closers.append(mcp.close)
@@ -222,13 +235,15 @@ async def _start_device_tools(services: Services, auth: Any) -> None:
         if vision is not None:
             url, token = vision.device_capability(session.device.device_id, session.device.client_id,
                                                   host_header=session.device.host,
-                                                  http_port=config.server.http_port)
+                                                  http_port=services.ports.http,
+                                                  generation=getattr(session.device, "auth_generation", None))
         return DeviceMcpClient.from_config(session.send_mcp, dcfg, vision_url=url, vision_token=token,
                                            tag=session.tag)
 
     services.device_tools_factory = device_tools if dcfg.mcp else None
     def iot_tools(session: DeviceToolsOwner) -> DeviceTools:
-        return IotTools(session.send_iot_commands, tag=session.tag)
+        return IotTools(session.send_iot_commands, tag=session.tag, max_things=dcfg.max_iot_things,
+                        max_bytes=dcfg.max_iot_bytes)
 
     services.iot_tools_factory = iot_tools if dcfg.iot else None
 

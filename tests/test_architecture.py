@@ -70,6 +70,12 @@ def test_state_backends_know_no_sessions_or_transport(path: Path) -> None:
                                                               "server.pipeline", "server.fleet"))}
 
 
+@pytest.mark.parametrize("path", files("server/config"), ids=lambda p: p.name)
+def test_config_never_imports_transport_or_session(path: Path) -> None:
+    """Validating a config must not pull in the servers that use it."""
+    assert not {m for m in our_imports(path) if m.startswith(("server.transport", "server.session"))}
+
+
 @pytest.mark.parametrize("path", files("server/session"), ids=lambda p: p.name)
 def test_session_never_imports_transport(path: Path) -> None:
     """A board session is handed its connection; the transport knows sessions, not the reverse."""

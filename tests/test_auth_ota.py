@@ -16,10 +16,10 @@ def test_token_round_trip() -> None:
     a = make()
     token = a.mint("AA:BB:CC:DD:EE:FF", "client-1", now=1000)
     assert a.verify(token, "aa:bb:cc:dd:ee:ff", "client-1", now=2000) is None
-    assert a.check("aa:bb:cc:dd:ee:ff", "client-1", f"Bearer {token}") is not None  # real clock: expired
-    fresh = a.mint("aa:bb:cc:dd:ee:ff", "client-1")
-    assert a.check("aa:bb:cc:dd:ee:ff", "client-1", f"Bearer {fresh}") is None
-    assert a.check("aa:bb:cc:dd:ee:ff", "client-1", fresh) is None  # without "Bearer "
+    assert not a.check("aa:bb:cc:dd:ee:ff", "client-1", f"Bearer {token}").ok  # real clock: expired
+    fresh = a.mint("aa:bb:cc:dd:ee:ff", "client-1", generation=7)
+    assert a.check("aa:bb:cc:dd:ee:ff", "client-1", f"Bearer {fresh}").generation == 7
+    assert a.check("aa:bb:cc:dd:ee:ff", "client-1", fresh).ok  # without "Bearer "
 
 
 def test_token_is_bound_to_device_client_and_secret() -> None:
@@ -37,14 +37,25 @@ def test_expired_and_malformed() -> None:
     assert a.verify(token, "d", "c", now=10_000) == "expired token"
     for bad in ("", "x", "v1.abc.def", "v2.1.x", "v1.1"):
         assert a.verify(bad, "d", "c") is not None
-    assert a.check("d", "c", "") == "no token"
-    assert a.check("d", "c", "Bearer ") == "no token"
+    assert a.check("d", "c", "").reason == "no token"
+    assert a.check("d", "c", "Bearer ").reason == "no token"
+
+
+def test_malformed_tokens_are_rejections_not_exceptions() -> None:
+    """Issue 10: `v1.².x` (a digit isdigit() accepts but int() does not) and non-ASCII
+    signatures used to raise (HTTP 500 with a traceback)."""
+    a = make()
+    good = a.mint("d", "c")
+    sig = good.rsplit(".", 1)[1]
+    for bad in ("v1.².x", "v2.0.²³.x", "v2.0.99999999999." + sig, good[:-1] + "é", good[:-2] + "\udcff",
+                "v2.0.1." + "é" * 43, "v2.٣.1." + sig, "Bearer " + "a" * 100_000, good + "x", "v2..."):
+        assert a.check("d", "c", bad).reason is not None
 
 
 def test_allow_list_and_disabled() -> None:
     a = make(allowed=("aa:bb:cc:dd:ee:ff",))
-    assert a.check("AA:BB:CC:DD:EE:FF", "", "") is None
-    assert make(enabled=False).check("x", "y", "") is None
+    assert a.check("AA:BB:CC:DD:EE:FF", "", "").allow_listed
+    assert make(enabled=False).check("x", "y", "").ok
 
 
 def test_secret_persists(tmp_path: Path) -> None:

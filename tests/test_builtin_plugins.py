@@ -357,8 +357,8 @@ def test_weather_settings() -> None:
         PluginTools({"weather": {"provider": "yahoo"}})
     tools = PluginTools({"weather": {"provider": "qweather", "api_host": "abc.re.qweatherapi.com", "api_key": "k"}})
     settings = tools._entries["get_weather"].settings
-    assert settings["api_host"] == "https://abc.re.qweatherapi.com"
-    assert "k" not in repr(settings["api_key"])  # a SecretStr: never printed in logs
+    assert settings is not None and settings.api_host == "https://abc.re.qweatherapi.com"  # type: ignore[attr-defined]
+    assert "k" not in repr(settings.api_key)  # type: ignore[attr-defined]  # a SecretStr: never printed in logs
 
 
 class socket_closed_port:
@@ -404,6 +404,9 @@ async def hass() -> AsyncIterator[FakeHomeAssistant]:
         yield fake
 
 
+COVER_SERVICES = {"cover": ["open_cover", "close_cover", "stop_cover", "set_cover_position"]}
+
+
 def hass_tools(fake: FakeHomeAssistant, **extra: Any) -> PluginTools:
     return PluginTools({"home_assistant": {"base_url": fake.url, "token": fake.token, "entities": ENTITIES, **extra}})
 
@@ -435,7 +438,7 @@ async def test_hass_light_switched_on_and_read_back(hass: FakeHomeAssistant) -> 
     ({"entity": "air conditioner", "state": "off"}, ("climate", "turn_off", {}), "off"),
 ])
 async def test_hass_services(hass: FakeHomeAssistant, args: dict, service: tuple, state: str) -> None:
-    result = data(await hass_tools(hass).call(ctx("en"), "hass_set_state", args))
+    result = data(await hass_tools(hass, services=COVER_SERVICES).call(ctx("en"), "hass_set_state", args))
     call = hass.calls[-1]
     entity_id = result["entity_id"]
     assert (call.domain, call.service, call.data) == (service[0], service[1], {"entity_id": entity_id, **service[2]})
@@ -461,7 +464,8 @@ async def test_hass_errors(hass: FakeHomeAssistant) -> None:
     assert absent.is_error and "no entity light.ghost" in absent.text
     ambiguous = await tools.call(ctx("zh"), "hass_set_state", {"entity": "灯", "state": "on"})
     assert ambiguous.is_error and "several" in ambiguous.text
-    wrong_state = await tools.call(ctx("en"), "hass_set_state", {"entity": "curtains", "state": "lock"})
+    wrong_state = await hass_tools(hass, services=COVER_SERVICES).call(
+        ctx("en"), "hass_set_state", {"entity": "curtains", "state": "lock"})
     assert wrong_state.is_error and "cover" in wrong_state.text
     bad_enum = await tools.call(ctx("en"), "hass_set_state", {"entity": "kettle", "state": "explode"})
     assert bad_enum.is_error and "'state'" in bad_enum.text
@@ -487,19 +491,52 @@ async def test_hass_spoken_confirmation_and_descriptions(hass: FakeHomeAssistant
     assert specs["hass_set_state"].parameters["required"] == ["entity", "state"]
 
 
-async def test_hass_unlisted_entities_when_allowed(hass: FakeHomeAssistant) -> None:
-    tools = hass_tools(hass, allow_unlisted=True)
-    result = data(await tools.call(ctx("en"), "hass_get_state", {"entity": "switch.kettle"}))
-    assert result["state"] == "off"
+async def test_hass_allow_list_refuses_the_rest(hass: FakeHomeAssistant) -> None:
+    """Issue 10: an empty list allowed every entity and a listed lock had no guard. Now: empty
+    = nothing; unlisted ids are never sent to HA; sensitive domains need their services named;
+    and the refusal reads the same for an id that exists in HA and one that does not."""
+    hass.add("lock.front_door", "locked", friendly_name="Front door")
+    hass.add("alarm_control_panel.home", "armed_away", friendly_name="Alarm")
     no_list = PluginTools({"home_assistant": {"base_url": hass.url, "token": hass.token}})
-    assert "exact entity_ids" in no_list.specs()[0].description
-    assert data(await no_list.call(ctx("en"), "hass_get_state", {"entity": "light.bedroom"}))["state"] == "on"
+    assert "No device is configured" in no_list.specs()[0].description
+    for entity in ("light.bedroom", "lock.front_door", "bedroom light"):
+        assert (await no_list.call(ctx("en"), "hass_get_state", {"entity": entity})).is_error
+    assert (await no_list.call(ctx("en"), "hass_set_state", {"entity": "lock.front_door", "state": "unlock"})).is_error
+    tools = hass_tools(hass)
+    exists = await tools.call(ctx("en"), "hass_set_state", {"entity": "lock.front_door", "state": "unlock"})
+    absent = await tools.call(ctx("en"), "hass_set_state", {"entity": "lock.back_door", "state": "unlock"})
+    assert exists.is_error and absent.is_error and exists.text == absent.text
+    assert "front_door" not in exists.text and "lock." not in exists.text
+    read_exists = await tools.call(ctx("en"), "hass_get_state", {"entity": "alarm_control_panel.home"})
+    read_absent = await tools.call(ctx("en"), "hass_get_state", {"entity": "alarm_control_panel.away"})
+    assert read_exists.text == read_absent.text
+    # A listed lock and a listed garage door: still refused until their services are named.
+    listed = ENTITIES + [{"entity_id": "lock.front_door", "name": ["front door lock", "前门锁"]},
+                         {"entity_id": "cover.garage", "name": ["garage door", "车库门"]}]
+    hass.add("cover.garage", "closed", friendly_name="Garage", current_position=0)
+    guarded = PluginTools({"home_assistant": {"base_url": hass.url, "token": hass.token, "entities": listed}})
+    for entity, state in (("front door lock", "unlock"), ("garage door", "open"), ("curtains", "open")):
+        refused = await guarded.call(ctx("en"), "hass_set_state", {"entity": entity, "state": state})
+        assert refused.is_error and "that device or action is not available" in refused.text
+    assert data(await guarded.call(ctx("en"), "hass_get_state", {"entity": "前门锁"}))["state"] == "locked"
+    # Per-domain services: only the named ones.
+    named = PluginTools({"home_assistant": {"base_url": hass.url, "token": hass.token, "entities": listed,
+                                            "services": {"lock": ["lock"], "cover": ["close_cover"],
+                                                         "switch": []}}})
+    assert (await named.call(ctx("en"), "hass_set_state", {"entity": "front door lock", "state": "unlock"})).is_error
+    assert (await named.call(ctx("en"), "hass_set_state", {"entity": "kettle", "state": "on"})).is_error
+    assert not hass.calls  # nothing refused ever reached Home Assistant
+    assert data(await named.call(ctx("en"), "hass_set_state", {"entity": "front door lock", "state": "lock"}))[
+        "state"] == "locked"
+    assert [(c.domain, c.service) for c in hass.calls] == [("lock", "lock")]
+    assert not any(path.endswith(("lock.back_door", "alarm_control_panel.away", "alarm_control_panel.home"))
+                   for _, path in hass.requests)
 
 
 def test_hass_settings() -> None:
     with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.token: Field required$"):
         PluginTools({"home_assistant": {"base_url": "http://ha.local:8123"}})
-    with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.entities\.0\.entity_id: "):
+    with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.entities\[0\]\.entity_id: "):
         PluginTools({"home_assistant": {"token": "t", "entities": [{"entity_id": "Kitchen Light", "name": "x"}]}})
     with pytest.raises(PluginConfigError, match=r"^plugins\.home_assistant\.base_url: .*http"):
         PluginTools({"home_assistant": {"token": "t", "base_url": "ha.local"}})

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from server.config.loader import ConfigError, deep_merge, expand_env, load_config
+from server.config.loader import ConfigError, deep_merge, expand_env, load_config, with_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,19 @@ def test_override_merges_key_by_key(tmp_path: Path) -> None:
     assert cfg.server.port == 9000
     assert cfg.server.http_port == 8003  # untouched sibling kept
     assert cfg.vad.min_silence_ms == 700 and cfg.vad.threshold == 0.5
+
+
+def test_validated_config_is_never_patched() -> None:
+    cfg = load_config(override=None, cwd=Path("/nonexistent"))
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.server.port = 1  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.vad = None  # type: ignore[misc]
+    moved = with_ports(cfg, {"port": 0, "http_port": 9100})
+    assert (moved.server.port, moved.server.http_port) == (0, 9100) and moved.server.auth == cfg.server.auth
+    assert (cfg.server.port, cfg.server.http_port) == (8000, 8003)  # a new model; the old one unchanged
+    with pytest.raises(ConfigError, match=r"^server\.port: .*65535"):
+        with_ports(cfg, {"port": 70000})
 
 
 def test_lists_replace(tmp_path: Path) -> None:

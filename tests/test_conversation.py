@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness.clock import VirtualClock
 from server.audio.voice import PcmVoice, Voice
 from server.config.schema import AppConfig
 from server.conversation import Conversation, Turn
@@ -115,18 +116,6 @@ class NoVAD:
 
     async def close(self) -> None:
         pass
-
-
-class VirtualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-        await asyncio.sleep(0)
 
 
 class SpeakerTools:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from server.mcp_ext import ExternalMcpManager, McpServerConfig, parse_mcp_servers
 from server.providers.base import ToolCall
 from server.tools.base import ToolContext, ToolSource
+from server.tools.remote_mcp import ExternalMcpManager, McpServerConfig, parse_mcp_servers
 from server.tools.toolbox import Toolbox
 
 FAKE = str(Path(__file__).parent.parent / "harness" / "fakes" / "mcp_server.py")
@@ -43,7 +43,7 @@ def test_config_validation() -> None:
     bad = [
         ({"a": {"command": "x", "url": "http://x/mcp"}}, "either"),
         ({"a": {}}, "either"),
-        ({"a": {"command": "x", "comand": "y"}}, "mcp_servers.a: comand"),
+        ({"a": {"command": "x", "comand": "y"}}, r"^mcp_servers\.a\.comand: unknown key$"),
         ({"a": {"url": "ftp://x"}}, "http"),
         ({"a": {"url": "http://x/mcp", "args": ["1"]}}, "command"),
         ({"a": {"command": "x", "headers": {"A": "b"}}}, "url"),

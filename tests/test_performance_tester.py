@@ -13,20 +13,17 @@ import copy
 import json
 import signal
 import socket
-import struct
 import sys
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from bench.chart import ChartUnavailable, render_chart
 from bench.cli import build_parser, parse_args
 from bench.compare import compare
 from bench.components import ComponentOptions, run_components
 from bench.console import Console
-from bench.png import Canvas, encode_png
 from bench.stats import percentile, summarize
 from bench.testset import error_rate, speech, user_samples
 from harness.devsim.server_process import ServerProcess
@@ -35,6 +32,7 @@ from server.config.loader import load_config
 from server.providers.base import AudioChunk, ProviderUnavailable
 
 pytestmark = pytest.mark.e2e
+P50_RGB = (0x34, 0x65, 0xA4)  # bench/chart.py P50
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "performance_tester.py"
@@ -52,24 +50,16 @@ async def run_tool(*args: str, timeout: float = 300) -> tuple[int, str, str]:
 
 
 def check_png(path: Path) -> tuple[int, int]:
-    """A structurally valid PNG: signature, chunk CRCs, IHDR, and IDAT data of the right size."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    idat = b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc, tag
-        chunks[tag] = body
-        if tag == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert b"IHDR" in chunks and b"IEND" in chunks
-    width, height, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color) == (8, 2) and width > 0 and height > 0
-    assert len(zlib.decompress(idat)) == height * (1 + 3 * width)
+    """A PNG that Pillow (an independent decoder) reads, with the p50 bars' colour in it."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        pixels = set(image.convert("RGB").getdata())
+        width, height = image.size
+    assert width > 0 and height > 0
+    assert P50_RGB in pixels, "no p50 bar or line drawn"
     return width, height
 
 
@@ -462,19 +452,32 @@ def test_user_testset_requires_transcripts(tmp_path: Path) -> None:
     assert notes and "b.wav" in notes[0]
 
 
-def test_png_encoder_round_trip(tmp_path: Path) -> None:
-    canvas = Canvas(40, 20)
-    canvas.rect(5, 5, 15, 10, (255, 0, 0))
-    canvas.text(2, 12, "Ab1", (0, 0, 255))
-    path = tmp_path / "t.png"
-    path.write_bytes(canvas.to_png())
-    assert check_png(path) == (40, 20)
-    raw = zlib.decompress(path.read_bytes()[8 + 25 + 8:-12])  # the single IDAT after IHDR
-    rows = np.frombuffer(raw, dtype=np.uint8).reshape(20, 1 + 40 * 3)
-    assert (rows[:, 0] == 0).all()
-    assert tuple(rows[7, 1 + 3 * 10:1 + 3 * 11]) == (255, 0, 0)
-    with pytest.raises(ValueError):
-        encode_png(np.zeros((2, 2), dtype=np.uint8))
+def test_chart_of_a_saved_report(tmp_path: Path) -> None:
+    report = {
+        "started_at": "2026-12-01T15:00:00", "machine": {"cpu_model": "test", "cores_logical": 2},
+        "e2e": {"summary": {"stt_ms": {"p50": 300, "p95": 420, "max": 500},
+                            "first_frame_ms": {"p50": 900, "p95": 1400, "max": 9000}},
+                "server_stages_ms": {"speech_end_to_first_frame": {"p50": 800}}},
+        "ramp": {"steps": [{"devices": 1, "first_frame_ms": {"p50": 900}, "p95_first_frame_ms": 1300},
+                           {"devices": 2, "first_frame_ms": {"p50": 1100}, "p95_first_frame_ms": "inf"}],
+                 "options": {"threshold_ms": 2000}, "capacity_devices": 1},
+        "components": {"llm": {"summary": {"ttft_ms": {"p50": 120, "p95": 200, "max": 250}}}},
+    }
+    path = tmp_path / "r.png"
+    png = render_chart(report)
+    assert png is not None
+    path.write_bytes(png)
+    check_png(path)
+    assert render_chart({"started_at": "x"}) is None  # nothing measured: no chart
+
+
+def test_chart_without_matplotlib_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server and the JSON report never need matplotlib; the chart names the missing extra.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ChartUnavailable, match=r"\[bench\]"):
+        render_chart({"components": {"llm": {"summary": {"ttft_ms": {"p50": 1}}}}})
 
 
 def test_help_documents_every_option() -> None:

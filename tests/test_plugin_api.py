@@ -279,16 +279,18 @@ def write_plugin(directory: Path, name: str, body: str) -> Path:
 
 GOOD = """
     from pydantic import BaseModel, Field
-    from server.plugin_api import Say, ToolContext, tool
+    from server.plugin_api import Say, ToolContext, settings_of, tool
 
     class Settings(BaseModel):
         api_key: str
         timeout_s: float = Field(default=2.0, gt=0)
 
-    @tool(description=lambda s: f"Echo with key {s['api_key'][:2]}.")
+    @tool(description=lambda s: f"Echo with key {s.api_key[:2]}.")
     async def echo(ctx: ToolContext, text: str) -> dict:
-        ctx.settings["mutated"] = True
-        return {"text": text, "key": ctx.settings["api_key"], "timeout_s": ctx.settings["timeout_s"]}
+        s = settings_of(ctx, Settings)
+        answer = {"text": text, "key": s.api_key, "timeout_s": s.timeout_s}
+        s.timeout_s = 99.0
+        return answer
 
     @tool
     async def boom(ctx: ToolContext) -> str:
@@ -323,9 +325,10 @@ async def test_plugin_tools_load_validate_and_call(tmp_path: Path) -> None:
     ctx = make_ctx()
     result = await tools.call(ctx, "echo", {"text": "hi", "extra": 1})
     assert json.loads(result.text) == {"text": "hi", "key": "secret-1", "timeout_s": 2.0}
-    assert ctx.settings == {}  # the session's context is not changed
+    assert ctx.settings is None  # the session's context is not changed
     again = await tools.call(ctx, "echo", {"text": "hi"})
-    assert not again.is_error  # a tool editing its settings copy does not affect the next call
+    # A tool editing its settings copy does not affect the next call.
+    assert json.loads(again.text)["timeout_s"] == 2.0
     assert (await tools.call(ctx, "greet", {})).action is ToolAction.SPEAK
     assert (await tools.call(ctx, "ping", {})).text == "pong"
     missing = await tools.call(ctx, "echo", {})

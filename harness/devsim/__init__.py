@@ -12,6 +12,7 @@ from harness.devsim.device import (
     SimDevice,
 )
 from harness.devsim.events import DeviceEvent, SentRecord, TurnResult
+from harness.devsim.firmware import Firmware
 from harness.devsim.identity import DeviceIdentity, OtaError
 from harness.devsim.mcp_device import (
     DeviceMcpServer,
@@ -30,11 +31,12 @@ from harness.devsim.speech import (
     silence,
     synthesize_speech,
 )
+from harness.devsim.state import AudioStateMachine
 
 __all__ = [
-    "MAX_DECODE_PACKETS_IN_QUEUE", "DeviceClosed", "DeviceConfig", "DeviceConnectError", "DeviceEvent",
-    "DeviceIdentity", "DeviceMcpServer", "DeviceState", "DeviceStatus", "EspeakNotFound", "HelloTimeout",
-    "ListenMode", "McpProperty", "McpRequest", "McpTool", "OtaError", "PlaybackQueueModel", "SentRecord",
-    "SimDevice", "SpeechSynthesisError", "TurnResult", "UplinkEncoder", "default_tools", "filler_tools",
-    "opus_packet_duration_ms", "pad", "silence", "synthesize_speech",
+    "MAX_DECODE_PACKETS_IN_QUEUE", "AudioStateMachine", "DeviceClosed", "DeviceConfig", "DeviceConnectError",
+    "DeviceEvent", "DeviceIdentity", "DeviceMcpServer", "DeviceState", "DeviceStatus", "EspeakNotFound",
+    "Firmware", "HelloTimeout", "ListenMode", "McpProperty", "McpRequest", "McpTool", "OtaError",
+    "PlaybackQueueModel", "SentRecord", "SimDevice", "SpeechSynthesisError", "TurnResult", "UplinkEncoder",
+    "default_tools", "filler_tools", "opus_packet_duration_ms", "pad", "silence", "synthesize_speech",
 ]

@@ -7,7 +7,10 @@ state is dropped, and audio sent faster than real time overflows the 40-packet d
 Such findings are recorded in `violations` (things that break or degrade a real device) or
 `warnings` (things the firmware silently ignores); the receive task never raises.
 
-The high-level turn helpers (`ask_audio`, `ask_text`) live in turns.py.
+The device is composed, not mixed: `Firmware` (firmware.py) reacts to what the server sends and
+holds the audio state machine (state.py); SimDevice owns the socket, OTA and the uplink, and
+feeds the firmware every frame. The high-level turn helpers (`ask_audio`, `ask_text`) live in
+turns.py.
 """
 
 from __future__ import annotations
@@ -18,18 +21,18 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from harness.devsim import turns
 from harness.devsim.codec import UplinkEncoder
+from harness.devsim.config import HELLO_TIMEOUT_S, DeviceConfig
 from harness.devsim.events import DeviceEvent, SentRecord, TurnResult
+from harness.devsim.firmware import Firmware
 from harness.devsim.identity import (
-    DeviceIdentity,
     firmware_ota_body,
     firmware_ota_headers,
     ota_url,
@@ -37,14 +40,14 @@ from harness.devsim.identity import (
     py_xiaozhi_ota_body,
     py_xiaozhi_ota_headers,
 )
-from harness.devsim.mcp_device import DeviceMcpServer, McpRequest, McpTool
-from harness.devsim.playback import MAX_DECODE_PACKETS_IN_QUEUE, PlaybackQueueModel
-from harness.devsim.receive import ReceiveMixin
-from harness.devsim.state import DeviceState, ListenMode, StateMachineMixin
-from server.audio.opus import OpusDecoder
+from harness.devsim.mcp_device import DeviceMcpServer, McpRequest
+from harness.devsim.playback import PlaybackQueueModel
+from harness.devsim.state import Clock, DeviceState, ListenMode
 from server.protocol import pack
 
-HELLO_TIMEOUT_S = 10.0  # WebsocketProtocol::OpenAudioChannel waits 10 s for the server hello
+__all__ = ["HELLO_TIMEOUT_S", "DeviceClosed", "DeviceConfig", "DeviceConnectError", "DeviceState",
+           "HelloTimeout", "ListenMode", "SimDevice"]
+
 HANDSHAKE_TIMEOUT_S = 10.0  # esp-ml307 WebSocket::Connect
 
 
@@ -64,23 +67,32 @@ class DeviceClosed(ConnectionError):
     """The connection is closed and no recorded event matched."""
 
 
-@dataclass(slots=True)
-class DeviceConfig:
-    identity: DeviceIdentity = field(default_factory=DeviceIdentity)
-    frame_duration: int = 60  # uplink Opus frame; py-xiaozhi on x86 uses 20
-    py_xiaozhi: bool = False  # empty session_id, features {"mcp": true}, WS pings, decode at 24 kHz
-    glyph_push_feature: bool = True  # v2.4.2 always sends features.glyph_push (false)
-    aec_feature: bool = False  # features.aec (server-side AEC build)
-    hello_timeout: float = HELLO_TIMEOUT_S
-    auto_relisten: bool = True  # auto mode: send listen start again once playback drained
-    state_change_delay_ms: float = 0.0  # the firmware applies tts start/stop on its main loop
-    decode_queue_capacity: int = MAX_DECODE_PACKETS_IN_QUEUE
-    tools: Sequence[McpTool] | None = None  # replaces the default MCP tools
-    extra_tools: Sequence[McpTool] = ()  # appended after the default tools
-    volume: int = 70
+T = TypeVar("T")
 
 
-class SimDevice(ReceiveMixin, StateMachineMixin):
+class _View(Generic[T]):
+    """A read-only view of one of the firmware's fields (a dotted path from `SimDevice.firmware`),
+    so tests keep reading `dev.violations` while the firmware object owns the state."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path.split(".")
+
+    @overload
+    def __get__(self, device: None, owner: type) -> _View[T]: ...
+
+    @overload
+    def __get__(self, device: SimDevice, owner: type) -> T: ...
+
+    def __get__(self, device: SimDevice | None, owner: type) -> T | _View[T]:
+        if device is None:
+            return self
+        value: Any = device.firmware
+        for part in self._path:
+            value = getattr(value, part)
+        return value  # type: ignore[no-any-return]
+
+
+class SimDevice:
     """One simulated device. Typical use::
 
         async with SimDevice() as dev:
@@ -89,7 +101,8 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
             turn = await dev.ask_audio(await synthesize_speech("what time is it"))
     """
 
-    def __init__(self, config: DeviceConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: DeviceConfig | None = None, *, clock: Clock = time.monotonic,
+                 **overrides: Any) -> None:
         cfg = config or DeviceConfig()
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
@@ -101,64 +114,50 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
         self.mcp.status.volume = cfg.volume
         if cfg.tools is not None:
             self.mcp.tools = list(cfg.tools) + list(cfg.extra_tools)
+        self.clock = clock
+        self.firmware = Firmware(cfg, self.mcp, self._send_text, clock=clock)
         # OTA results (NVS "websocket" namespace on the real device)
         self.ota_response: dict[str, Any] | None = None
         self.ws_url: str | None = None
         self.ws_token: str = ""
         self.ws_version: int = 1
-        # session
-        self.protocol_version = 1
-        self.session_id = ""
-        self.server_hello: dict[str, Any] | None = None
-        self.hello_received_at: float | None = None
-        self.downlink_sample_rate = 24000  # Protocol::server_sample_rate_ default
-        self.downlink_frame_duration = 60
         self.request_headers: list[tuple[str, str]] = []
         self.handshake_status: int | None = None
         self.handshake_response_headers: dict[str, str] = {}
-        # records
-        self.events: list[DeviceEvent] = []
+        # what the device sent
         self.sent: list[SentRecord] = []
         self.frame_send_times: list[float] = []
         self.last_frame_sent_at: float | None = None
-        self.violations: list[str] = []
-        self.warnings: list[str] = []
-        self.internal_errors: list[str] = []
-        self.alerts: list[dict[str, Any]] = []
-        self.reboot_requested = False
-        # audio state machine
-        self.playback = PlaybackQueueModel(capacity=cfg.decode_queue_capacity)
-        self.dropped_not_speaking = 0
-        self.malformed_frames = 0
-        self.listening_mode: ListenMode = "auto"
-        self._state: DeviceState = "idle"
-        self._mic_on = False
-        self._pending: list[tuple[float, Callable[[float], None]]] = []
-        self._decoder: OpusDecoder | None = None
         self._encoder = UplinkEncoder(cfg.frame_duration)
-        # Each listen start begins a fresh mic stream; the reset is applied by the next
-        # stream_audio() under its lock, never while a worker thread is encoding.
-        self._encoder_reset_pending = False
         # connection
         self._ws: ClientConnection | None = None
         self._recv_task: asyncio.Task[None] | None = None
-        self._relisten_task: asyncio.Task[None] | None = None
-        self._hello_event: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._stream_lock: asyncio.Lock | None = None
         self.closed = True
 
     # ------------------------------------------------------------------ properties
 
-    @property
-    def state(self) -> DeviceState:
-        self._advance(time.monotonic())
-        return self._state
-
-    @property
-    def mic_on(self) -> bool:
-        self._advance(time.monotonic())
-        return self._mic_on
+    # The firmware's observations, read through the device (the tests' vocabulary).
+    state: _View[DeviceState] = _View("audio.state")
+    mic_on: _View[bool] = _View("audio.mic_on")
+    listening_mode: _View[ListenMode] = _View("audio.listening_mode")
+    playback: _View[PlaybackQueueModel] = _View("audio.playback")
+    events: _View[list[DeviceEvent]] = _View("events")
+    violations: _View[list[str]] = _View("violations")
+    warnings: _View[list[str]] = _View("warnings")
+    internal_errors: _View[list[str]] = _View("internal_errors")
+    alerts: _View[list[dict[str, Any]]] = _View("alerts")
+    reboot_requested: _View[bool] = _View("reboot_requested")
+    session_id: _View[str] = _View("session_id")
+    protocol_version: _View[int] = _View("protocol_version")
+    server_hello: _View[dict[str, Any] | None] = _View("server_hello")
+    hello_received_at: _View[float | None] = _View("hello_received_at")
+    downlink_sample_rate: _View[int] = _View("downlink_sample_rate")
+    downlink_frame_duration: _View[int] = _View("downlink_frame_duration")
+    decode_sample_rate: _View[int] = _View("decode_sample_rate")
+    dropped_not_speaking: _View[int] = _View("dropped_not_speaking")
+    malformed_frames: _View[int] = _View("malformed_frames")
 
     @property
     def max_queue_depth(self) -> int:
@@ -171,11 +170,6 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
     @property
     def mcp_calls(self) -> list[McpRequest]:
         return self.mcp.calls
-
-    @property
-    def decode_sample_rate(self) -> int:
-        # py-xiaozhi decodes at its configured 24 kHz whatever the server hello says.
-        return 24000 if self.config.py_xiaozhi else self.downlink_sample_rate
 
     def messages(self, type_: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
         """Parsed text messages received so far, optionally filtered by type and state."""
@@ -191,7 +185,7 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
             headers, body = py_xiaozhi_ota_headers(self.identity), py_xiaozhi_ota_body(self.identity)
         else:
             headers, body = firmware_ota_headers(self.identity), firmware_ota_body(self.identity)
-        data = await post_ota(url, headers, body, timeout)
+        data = await post_ota(url, headers, body, timeout, local_address=self.config.local_address)
         self.ota_response = data
         ws = data.get("websocket")
         if isinstance(ws, dict):
@@ -254,24 +248,23 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         token = self.ws_token if token is None else token
-        self.protocol_version = protocol_version or self.ws_version or 1
-        headers = self._handshake_headers(token, self.protocol_version)
+        version = protocol_version or self.ws_version or 1
+        headers = self._handshake_headers(token, version)
         if extra_headers:
             items = extra_headers.items() if isinstance(extra_headers, dict) else extra_headers
             headers += list(items)
         self.request_headers = headers
-        # A new channel: the firmware keeps the old session_id until a hello replaces it.
-        self._hello_event = asyncio.Event()
+        self.firmware.channel_opening(version)
+        hello_arrived = self.firmware.hello_arrived
+        assert hello_arrived is not None
         self._changed = asyncio.Event()
-        self.server_hello = None
-        self._state, self._mic_on, self._pending = "idle", False, []
-        self.playback.reset()
         try:
             ws = await connect(
                 url, additional_headers=headers, compression=None, user_agent_header=None, proxy=None,
                 open_timeout=HANDSHAKE_TIMEOUT_S, close_timeout=2,
                 # The firmware never pings; py-xiaozhi pings every 20 s.
-                ping_interval=20 if self.config.py_xiaozhi else None, ping_timeout=20)
+                ping_interval=20 if self.config.py_xiaozhi else None, ping_timeout=20,
+                **({"local_addr": (self.config.local_address, 0)} if self.config.local_address else {}))
         except InvalidStatus as exc:
             self.handshake_status = exc.response.status_code
             raise DeviceConnectError(f"server rejected the upgrade: HTTP {exc.response.status_code}",
@@ -290,7 +283,7 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
             await self.close()
             raise DeviceConnectError(f"could not send the hello: {exc!r}") from None
         try:
-            await asyncio.wait_for(self._hello_event.wait(), self.config.hello_timeout)
+            await asyncio.wait_for(hello_arrived.wait(), self.config.hello_timeout)
         except TimeoutError:
             self.violations.append(
                 f"no valid server hello within {self.config.hello_timeout:g} s (firmware: SERVER_TIMEOUT)")
@@ -303,8 +296,7 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
     async def close(self, abrupt: bool = False) -> None:
         """Close the channel. `abrupt=True` drops the TCP connection without a close frame, which
         is what the firmware does (it just destroys the socket)."""
-        if self._relisten_task is not None:
-            self._relisten_task.cancel()
+        self.firmware.audio.cancel_relisten()
         ws = self._ws
         if ws is not None:
             if abrupt:
@@ -316,6 +308,24 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._recv_task, 5)
         self.closed = True
+
+    async def _receive_loop(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                await self.firmware.on_frame(data)
+                self._notify()
+        except ConnectionClosed:
+            pass
+        except Exception as exc:
+            self.internal_errors.append(f"receive loop ended: {exc!r}")
+        finally:
+            self.firmware.channel_closed(ws.close_code, ws.close_reason)
+            self.closed = True
+            self._notify()
+
+    async def wait_relisten(self) -> None:
+        """Wait for a pending automatic listen start (auto mode, after playback drained)."""
+        await self.firmware.audio.wait_relisten()
 
     async def __aenter__(self) -> SimDevice:
         return self
@@ -368,53 +378,47 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
 
     async def _send_text(self, text: str) -> float:
         await self._require_ws().send(text)
-        now = time.monotonic()
+        now = self.clock()
         self.sent.append(SentRecord(now, "text", text))
         return now
 
-    def _fw_message(self, fields: dict[str, Any]) -> str:
-        # Protocol::Send* concatenate {"session_id":"...","type":...} in this order.
-        return json.dumps({"session_id": self.session_id, **fields}, ensure_ascii=False, separators=(",", ":"))
-
     async def listen_start(self, mode: ListenMode = "auto") -> float:
         """Enter listening and open the mic; returns the send time."""
-        self._cancel_relisten()
-        self.listening_mode = mode
-        sent_at = await self._send_text(self._fw_message({"type": "listen", "state": "start", "mode": mode}))
-        self._state, self._mic_on = "listening", True
-        self._encoder_reset_pending = True
+        self.firmware.audio.cancel_relisten()
+        sent_at = await self._send_text(self.firmware.message({"type": "listen", "state": "start", "mode": mode}))
+        self.firmware.audio.listening(mode)
         return sent_at
 
     async def listen_stop(self) -> float:
         """Push-to-talk release: the firmware sends listen stop and goes idle (mic off)."""
-        self._cancel_relisten()
-        sent_at = await self._send_text(self._fw_message({"type": "listen", "state": "stop"}))
-        self._state, self._mic_on = "idle", False
+        self.firmware.audio.cancel_relisten()
+        sent_at = await self._send_text(self.firmware.message({"type": "listen", "state": "stop"}))
+        self.firmware.audio.stopped_listening()
         return sent_at
 
     async def listen_detect(self, text: str) -> float:
-        return await self._send_text(self._fw_message({"type": "listen", "state": "detect", "text": text}))
+        return await self._send_text(self.firmware.message({"type": "listen", "state": "detect", "text": text}))
 
     async def abort(self, reason: str | None = None) -> float:
         """The firmware does not change state on abort; it waits for the server's tts stop."""
         fields: dict[str, Any] = {"type": "abort"}
         if reason is not None:
             fields["reason"] = reason
-        return await self._send_text(self._fw_message(fields))
+        return await self._send_text(self.firmware.message(fields))
 
     async def send_text_raw(self, text: str) -> float:
         return await self._send_text(text)
 
     async def send_binary_raw(self, data: bytes) -> float:
         await self._require_ws().send(data)
-        now = time.monotonic()
+        now = self.clock()
         self.sent.append(SentRecord(now, "binary", data))
         return now
 
     async def send_opus(self, packet: bytes, timestamp: int = 0) -> float:
         """Send one Opus packet framed with the negotiated version; returns the send time."""
         await self._require_ws().send(pack(self.protocol_version, packet, timestamp))
-        now = time.monotonic()
+        now = self.clock()
         self.sent.append(SentRecord(now, "binary", packet))
         self.frame_send_times.append(now)
         self.last_frame_sent_at = now
@@ -431,9 +435,8 @@ class SimDevice(ReceiveMixin, StateMachineMixin):
         if self._stream_lock is None:
             self._stream_lock = asyncio.Lock()
         async with self._stream_lock:
-            if self._encoder_reset_pending:
+            if self.firmware.audio.take_new_mic_stream():
                 self._encoder.reset()
-                self._encoder_reset_pending = False
             encode = self._encoder.encode_all if flush else self._encoder.encode
             packets = await asyncio.to_thread(encode, pcm16k)
             frame_s = self.config.frame_duration / 1000

@@ -112,18 +112,24 @@ def ota_url(http_base_url: str) -> str:
     return http_base_url.rstrip("/") + "/xiaozhi/ota/"
 
 
-async def post_ota(url: str, headers: dict[str, str], body: str, timeout: float = 30.0) -> dict[str, Any]:
-    """POST the check-version request; the firmware treats anything but 200 + JSON as failure."""
+async def post_raw(url: str, headers: dict[str, str], body: str, timeout: float = 30.0,
+                   local_address: str = "") -> tuple[int, str]:
+    """POST like the firmware's HTTP client: no Accept/Accept-Encoding, never proxied."""
     client_timeout = aiohttp.ClientTimeout(total=timeout)
-    # The firmware's HTTP client sends no Accept/Accept-Encoding, and must not be proxied.
+    connector = aiohttp.TCPConnector(local_addr=(local_address, 0)) if local_address else None
     try:
-        async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False,
+        async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False, connector=connector,
                                          skip_auto_headers=("Accept", "Accept-Encoding")) as session:
             async with session.post(url, data=body.encode("utf-8"), headers=headers) as resp:
-                status = resp.status
-                text = await resp.text(errors="replace")
+                return resp.status, await resp.text(errors="replace")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise OtaError(None, f"OTA request to {url} failed: {exc!r}") from None
+        raise OtaError(None, f"request to {url} failed: {exc!r}") from None
+
+
+async def post_ota(url: str, headers: dict[str, str], body: str, timeout: float = 30.0,
+                   local_address: str = "") -> dict[str, Any]:
+    """POST the check-version request; the firmware treats anything but 200 + JSON as failure."""
+    status, text = await post_raw(url, headers, body, timeout, local_address)
     if status != 200:
         raise OtaError(status, f"OTA check returned HTTP {status}: {text[:200]}")
     try:

@@ -62,7 +62,9 @@ async def fleet(state_url: str, fake: FakeOpenAIServer | None, *, nodes: int = 2
         for i in range(nodes):
             config: dict[str, Any] = {
                 "server": {"websocket_url": f"ws://127.0.0.1:{ws_port}/xiaozhi/v1/",
-                           "auth": {"enabled": True, "secret": secret}},
+                           # Pairing off: these devices get tokens from the OTA answer at once
+                           # (a test that pairs turns it on through `overrides`).
+                           "auth": {"enabled": True, "secret": secret, "pairing": {"enabled": False}}},
                 "state": {"url": state_url, "redis_url": redis_url, "lease_ttl_s": 3},
                 "prometheus": {"listen": f"127.0.0.1:{prom_ports[i]}"},
             }

@@ -9,6 +9,7 @@ declared in the server hello: the firmware sizes its decode buffer from that val
 from __future__ import annotations
 
 import ctypes.util
+import functools
 from dataclasses import dataclass, field
 
 MAX_PACKET_MS = 120
@@ -18,8 +19,15 @@ class OpusUnavailable(RuntimeError):
     pass
 
 
+@functools.cache
+def _libopus_found() -> bool:
+    # find_library runs `ldconfig -p` in a subprocess: once per process, not once per decoder
+    # (every device that connects creates one).
+    return ctypes.util.find_library("opus") is not None
+
+
 def load_opuslib():  # noqa: ANN202 - module object
-    if ctypes.util.find_library("opus") is None:
+    if not _libopus_found():
         raise OpusUnavailable(
             "libopus is not installed: run scripts/install.sh, or 'apt-get install libopus0' "
             "(Debian/Ubuntu), 'brew install opus' (macOS)")
@@ -92,3 +100,46 @@ class OpusEncoder:
     def reset(self) -> None:
         self._pending.clear()
         self._encoder.reset_state()  # type: ignore[attr-defined]
+
+
+# Frame duration in 1/10 ms for each of the 32 TOC configurations (RFC 6716 section 3.1):
+# 0-11 SILK (10/20/40/60 ms), 12-15 hybrid (10/20), 16-31 CELT (2.5/5/10/20).
+_TOC_FRAME_TENTHS = (100, 200, 400, 600) * 3 + (100, 200) * 2 + (25, 50, 100, 200) * 4
+# opus_encode() documents packets of 2 bytes or less as DTX: nothing to transmit (the firmware
+# sends them anyway). They carry no audio; a decoder would only conceal or make comfort noise.
+DTX_MAX_BYTES = 2
+# Between DTX packets the encoder sends comfort-noise updates of a few bytes. Speech needs far
+# more: SILK's lowest speech rate is 6 kbit/s, the firmware's VBR speech is 100+ bytes per 60 ms.
+# A packet at or under 2.4 kbit/s (3 bytes per 10 ms) carries no speech and counts as silence.
+COMFORT_NOISE_BYTES_PER_10MS = 3
+
+
+def packet_samples(packet: bytes, sample_rate: int = 16000) -> int | None:
+    """Samples one Opus packet decodes to, from its TOC byte (None if malformed)."""
+    if not packet:
+        return None
+    toc = packet[0]
+    code = toc & 0x03
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    elif len(packet) < 2 or not packet[1] & 0x3F:
+        return None
+    else:
+        count = packet[1] & 0x3F
+    tenths = _TOC_FRAME_TENTHS[toc >> 3] * count
+    return tenths * sample_rate // 10000 if tenths <= MAX_PACKET_MS * 10 else None
+
+
+def dtx_samples(packet: bytes, sample_rate: int = 16000) -> int | None:
+    """For a DTX or comfort-noise packet (no speech in it): the samples of silence it stands
+    for; else None."""
+    if len(packet) > COMFORT_NOISE_BYTES_PER_10MS * MAX_PACKET_MS // 10:
+        return None  # fast exit for ordinary audio
+    samples = packet_samples(packet, sample_rate)
+    if samples is None:
+        return None
+    if len(packet) <= DTX_MAX_BYTES or len(packet) * sample_rate // 100 <= COMFORT_NOISE_BYTES_PER_10MS * samples:
+        return samples
+    return None

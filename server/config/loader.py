@@ -16,9 +16,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from server.config.schema import PROVIDER_KINDS, AppConfig
+from server.config.errors import ConfigError, one_line
+from server.config.schema import PROVIDER_KINDS, AppConfig, ServerConfig
 from server.providers.base import ProviderSettings
 from server.providers.registry import UnknownProviderType, settings_model
+from server.tools.remote_mcp.config import parse_mcp_servers
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT_DIR / "config.yaml"
@@ -26,10 +28,6 @@ DEFAULT_OVERRIDE = Path("data") / ".config.yaml"
 
 CHAINABLE = ("asr", "llm", "tts")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """A config problem, as one line a user can act on."""
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -87,34 +85,6 @@ def expand_env(value: Any, path: str = "", env: dict[str, str] | None = None) ->
     return value
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _format_validation(err: ValidationError, prefix: str = "") -> str:
-    first = err.errors()[0]
-    where = _loc(tuple(first["loc"]))
-    if prefix:
-        where = f"{prefix}.{where}" if where else prefix
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
-        shown = repr(first["input"])
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        msg = f"{msg} (got {shown})"
-    more = len(err.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{where}: {msg}{suffix}"
-
-
 def validate_provider(kind: str, raw: Any, where: str | None = None) -> ProviderSettings:
     where = where or kind
     if not isinstance(raw, dict):
@@ -129,16 +99,15 @@ def validate_provider(kind: str, raw: Any, where: str | None = None) -> Provider
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, where)) from None
+        raise ConfigError(one_line(exc, where)) from None
 
 
-def validate(raw: dict[str, Any]) -> AppConfig:
-    try:
-        config = AppConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation(exc)) from None
+def validate_providers(raw: dict[str, Any]) -> dict[str, ProviderSettings | list[ProviderSettings]]:
+    """Each provider section (`vad`, `asr`, `llm`, `tts`) validated against the chosen provider's
+    own Settings model; a list is a fallback chain."""
+    out: dict[str, ProviderSettings | list[ProviderSettings]] = {}
     for kind in PROVIDER_KINDS:
-        value = getattr(config, kind)
+        value = raw.get(kind)
         if value is None:
             raise ConfigError(f"{kind}: required (a mapping with 'type')")
         if isinstance(value, list):
@@ -146,23 +115,46 @@ def validate(raw: dict[str, Any]) -> AppConfig:
                 raise ConfigError(f"{kind}: a list (fallback chain) is only allowed for {', '.join(CHAINABLE)}")
             if not value:
                 raise ConfigError(f"{kind}: the fallback list is empty")
-            setattr(config, kind, [validate_provider(kind, v, f"{kind}[{i}]") for i, v in enumerate(value)])
+            out[kind] = [validate_provider(kind, v, f"{kind}[{i}]") for i, v in enumerate(value)]
         else:
-            setattr(config, kind, validate_provider(kind, value))
+            out[kind] = validate_provider(kind, value)
+    return out
+
+
+def validate(raw: dict[str, Any]) -> AppConfig:
+    """The whole config, validated once: the sections whose shape depends on a choice (the
+    provider types, the MCP servers) are validated first and handed to AppConfig as models, so
+    the result is complete when it is built and nothing is patched into it afterwards."""
+    if not isinstance(raw.get("mcp_servers", {}), dict):
+        raise ConfigError("mcp_servers: must be a mapping of server name -> settings")
+    try:
+        sections: dict[str, Any] = {**validate_providers(raw), "mcp_servers": parse_mcp_servers(raw.get("mcp_servers"))}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        config = AppConfig.model_validate({**raw, **sections})
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc)) from None
     validate_plugins(config)
     from server.state.config import fleet_problems
 
     problems = fleet_problems(config)
     if problems:
-        raise ConfigError(problems[0] + (f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
-                                         if len(problems) > 1 else ""))
-    from server.mcp_ext import parse_mcp_servers
-
-    try:
-        config.mcp_servers = parse_mcp_servers(config.mcp_servers)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        more = len(problems) - 1
+        raise ConfigError(problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
     return config
+
+
+def with_ports(config: AppConfig, ports: dict[str, int]) -> AppConfig:
+    """A copy of `config` with `server.port` / `server.http_port` replaced (the command line's
+    --port / --http-port), validated like the file's values; the original is not changed."""
+    if not ports:
+        return config
+    try:
+        server = ServerConfig.model_validate({**config.server.model_dump(), **ports})
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, "server")) from None
+    return config.model_copy(update={"server": server})
 
 
 def validate_plugins(config: AppConfig) -> None:

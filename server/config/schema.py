@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 from server.devices.mcp_client import DeviceToolsConfig
 from server.fleet.config import PrometheusConfig
 from server.memory.manager import MemoryConfig
+from server.pairing.config import PairingConfig
 from server.providers.base import ProviderSettings
 from server.state.config import StateConfig
-from server.transport.vision import VisionConfig
+from server.tools.remote_mcp.config import McpServerConfig
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Frozen: a validated config is read, never patched (a copy with changes is a new model,
+    # validated again, see loader.with_ports).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AuthConfig(Strict):
@@ -31,11 +34,31 @@ class AuthConfig(Strict):
     # Empty: a random secret is generated once and kept in <data_dir>/auth_secret, so tokens
     # survive restarts.
     secret: str = ""
+    # With auth on, only devices the owner paired get tokens (codes shown on the device).
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
 
     @field_validator("allowed_devices")
     @classmethod
     def _lower(cls, v: list[str]) -> list[str]:
         return [d.strip().lower() for d in v if d.strip()]
+
+
+class LimitsConfig(Strict):
+    """Limits on the ways in (0 = no limit). Addresses are client addresses: the socket peer, or
+    the forwarded address when the peer is one of `server.trusted_proxies`."""
+
+    max_connections: int = Field(default=500, ge=0)
+    max_connections_per_address: int = Field(default=20, ge=0)
+    # Requests per client address per minute (the firmware calls OTA once per boot, and polls
+    # activate every 3 s while it shows a pairing code).
+    ota_per_minute: int = Field(default=30, ge=0)
+    activate_per_minute: int = Field(default=60, ge=0)
+    # Address tables (rate limits) forget the least recently seen addresses beyond this.
+    max_tracked_addresses: int = Field(default=10000, ge=100)
+    # Messages to one device waiting to be sent (it stopped reading); beyond this, or when one
+    # send waits longer than send_timeout_s, the connection is closed.
+    max_pending_sends: int = Field(default=64, ge=4)
+    send_timeout_s: float = Field(default=30, gt=0)
 
 
 class ServerConfig(Strict):
@@ -53,6 +76,21 @@ class ServerConfig(Strict):
     max_message_bytes: int = Field(default=128 * 1024, ge=4096)
     firmware_dir: str = "data/firmware"
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    # Browser origins (e.g. "http://192.168.1.10:8080") allowed to call the OTA endpoint (CORS)
+    # and to open device WebSockets. Empty: none; requests without an Origin header (devices)
+    # are not affected.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Addresses of reverse proxies in front of this server: their X-Forwarded-For names the
+    # client, and /metrics is no longer open to loopback without a token.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Bearer token for /metrics. Empty: only loopback clients, and only without trusted proxies.
+    metrics_token: str = ""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        return [o.strip().rstrip("/").lower() for o in v if o.strip()]
 
 
 class SessionConfig(Strict):
@@ -71,6 +109,10 @@ class SessionConfig(Strict):
     # Inbound audio frames waiting for VAD/ASR; beyond this the oldest are dropped (a client
     # flooding faster than real time cannot grow our memory).
     uplink_queue_frames: int = Field(default=100, ge=10)
+    # Typed chat (`listen detect` with text, py-xiaozhi and browser pages): longest text, and
+    # turns per minute per session; beyond either the message is ignored (and logged).
+    max_text_chars: int = Field(default=1000, ge=10)
+    text_turns_per_minute: int = Field(default=20, ge=1)
 
 
 class AudioOutConfig(Strict):
@@ -113,6 +155,39 @@ class LogConfig(Strict):
     file: str = ""
 
 
+class VisionConfig(Strict):
+    """`vision:` section of config.yaml. The endpoint is enabled when `model` and `base_url` are set."""
+
+    # An OpenAI-compatible chat completions API with image input, e.g. https://api.openai.com/v1
+    # (gpt-4o-mini), https://dashscope.aliyuncs.com/compatible-mode/v1 (qwen-vl-plus),
+    # https://open.bigmodel.cn/api/paas/v4 (glm-4v-flash), or a local Ollama/vLLM /v1.
+    base_url: str = ""
+    api_key: str = ""
+    model: str = ""
+    timeout_s: float = Field(default=20, gt=0, le=120)
+    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
+    max_tokens: int = Field(default=300, ge=16, le=4096)
+    # System prompt sent with every photo: short spoken answers in the question's language.
+    prompt: str = ("You see a photo taken by a small voice assistant's camera. Answer the question about it "
+                   "briefly and concretely, in the language of the question, in plain text without markdown.")
+    # The URL handed to devices in the MCP initialize. Empty: http://<host the device used to
+    # reach us>:<server.http_port>/mcp/vision/explain.
+    url: str = ""
+    # Lifetime of the per-session vision token (a new one is minted at each connection).
+    token_ttl_s: float = Field(default=24 * 3600, gt=60)
+    # Uploads analysed at once; more wait (each is a paid, slow model call).
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+    # Photos per device (per vision token) per minute; more get HTTP 429. An upload takes its
+    # concurrency slot before its body is read, so waiting uploads hold no image in memory.
+    requests_per_minute: int = Field(default=10, ge=1, le=600)
+    # Longest time an upload may take to arrive.
+    upload_timeout_s: float = Field(default=20, gt=0, le=300)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model and self.base_url)
+
+
 class AppConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
@@ -125,24 +200,30 @@ class AppConfig(Strict):
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     device_tools: DeviceToolsConfig = Field(default_factory=DeviceToolsConfig)
     vision: VisionConfig = Field(default_factory=VisionConfig)
-    # External MCP servers: validated by server.mcp_ext (the loader replaces this mapping).
-    mcp_servers: dict[str, Any] = Field(default_factory=dict)
+    # External MCP servers by name (server.tools.remote_mcp.config; the loader validates them
+    # with errors that name the server).
+    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
     # Where memory, leases and presence live: embedded SQLite (default) or a shared PostgreSQL.
     state: StateConfig = Field(default_factory=StateConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     data_dir: str = "data"
     models_dir: str = "models"
-    # Provider sections: a mapping with `type` plus that provider's own keys. The loader replaces
-    # the raw mappings with the provider's validated Settings model.
-    vad: Any = None
-    asr: Any = None
-    llm: Any = None
-    tts: Any = None
+    # Provider sections: in config.yaml a mapping with `type` plus that provider's own keys (or a
+    # list of them, a fallback chain). The loader validates each against the chosen provider's
+    # Settings model and builds AppConfig from those models (see loader.validate). None only in
+    # a config built in code without providers (tests that bring their own).
+    # SerializeAsAny: a dump (the benchmark records the config) keeps each provider's own keys,
+    # not only the base class's `type`.
+    vad: SerializeAsAny[ProviderSettings] | None = None
+    asr: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
+    llm: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
+    tts: SerializeAsAny[ProviderSettings] | list[SerializeAsAny[ProviderSettings]] | None = None
 
     def provider(self, kind: str) -> ProviderSettings | list[ProviderSettings]:
         """The validated settings of a provider section, or a list of them (fallback chain)."""
-        value = getattr(self, kind)
-        assert isinstance(value, ProviderSettings | list), f"{kind} not validated"
+        value: ProviderSettings | list[ProviderSettings] | None = getattr(self, kind)
+        if value is None:
+            raise ValueError(f"{kind}: no provider configured")
         return value
 
 

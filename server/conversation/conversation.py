@@ -166,9 +166,45 @@ class Conversation:
         try:
             await turn.run()
         finally:
-            await self.host.turn_ended(turn)
+            if not turn.discarded:  # a discarded speculation never was a turn for the host
+                await self.host.turn_ended(turn)
             if turn.close_after and not turn.cancelled:
                 await self.host.end_session("conversation ended")
+
+    def speculate(self, audio: bytes, asr_task: asyncio.Task[Any]) -> Turn:
+        """Start a reply on an early transcript (`asr_task`, done) while the end of the
+        utterance is not confirmed yet: it thinks and synthesizes its first sentence but stays
+        silent, and is not the current turn, until `confirm`; `discard` drops it without trace."""
+        self._turn_seq += 1
+        turn = Turn(conversation=self, id=self._turn_seq, kind="voice", audio=audio, asr_task=asr_task,
+                    hold=asyncio.get_running_loop().create_future())
+        turn.metrics.session_id = self.session_id
+        turn.metrics.device_id = self.identity
+        turn.metrics.turn_id = turn.id
+        turn.metrics.kind = "voice"
+        turn.task = asyncio.create_task(self._run_turn(turn), name=f"{self.tag}-turn{turn.id}-speculative")
+        self.runtime.metrics.count("speculation_started")
+        return turn
+
+    def confirm(self, turn: Turn, metrics: TurnMetrics) -> bool:
+        """The utterance ended as speculated: `turn` becomes the current turn and may speak.
+        False if it is already over (failed or discarded): start a normal turn instead."""
+        if turn.hold is None or turn.hold.done() or turn.finished or turn.cancelled:
+            return False
+        previous = self.cancel_current("new turn")
+        m = turn.metrics
+        m.speech_end_arrival, m.endpoint = metrics.speech_end_arrival, metrics.endpoint
+        m.speculative = True
+        turn.previous = previous
+        self.current_turn = turn
+        turn.hold.set_result(None)
+        return True
+
+    def discard(self, turn: Turn) -> None:
+        """The user went on speaking, or the utterance is not the one speculated on."""
+        if turn.hold is not None and not turn.hold.done():
+            turn.discarded = True
+            turn.cancel()
 
     def cancel_current(self, why: str) -> Turn | None:
         """Cancel the current turn now (synchronously) and return it, or None if no turn was

@@ -31,6 +31,7 @@ class TurnMetrics:
     tool_ms: float = 0.0
     memory_ms: float = 0.0  # memory/persona lookups on this turn's critical path
     interrupted: bool = False
+    speculative: bool = False  # answered by a reply started inside the silence window
     error: str = ""
     started: float = field(default_factory=time.monotonic)
 

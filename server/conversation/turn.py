@@ -63,6 +63,14 @@ class Turn:
     # A transcription already started on this audio during the endpoint wait (early ASR).
     asr_task: asyncio.Task[Any] | None = None
     emotion_sent: bool = False
+    # Speculation (server/session/speculation.py, Conversation.speculate): a turn started on the transcript of
+    # the speech so far, before the end of the utterance is confirmed. Until `hold` is done it
+    # thinks and synthesizes its first sentence, but nothing reaches the user, no tool runs and
+    # nothing is remembered; a discarded one leaves no trace but counters.
+    hold: asyncio.Future[None] | None = None
+    held_emotion: str | None = None
+    discarded: bool = False
+    llm_chunks: int = 0  # streamed LLM text pieces (the waste of a discarded speculation)
 
     @property
     def active(self) -> bool:
@@ -142,9 +150,26 @@ class Turn:
         log.info("[%s] heard: %r (%.0f ms audio)", c.tag, text, len(self.audio) / 32)
         if not text:
             return ""
-        if self.active:
+        if self.active and self.hold is None:
             await c.host.deliver_stt(self, text)
         return text
+
+    @property
+    def held(self) -> bool:
+        return self.hold is not None and not self.hold.done()
+
+    async def released(self) -> bool:
+        """Wait until a speculative turn is confirmed (at once for any other turn); then settle
+        the turn it replaced. False if it was cancelled instead."""
+        if self.hold is not None and not self.hold.done():
+            await self.hold
+        if self.previous is not None:
+            await self.conversation.settle(self.previous, "replaced")
+            self.previous = None
+        return not self.cancelled
+
+    async def _hold_tools(self) -> None:
+        await self.released()
 
     async def _answer(self, text: str) -> None:
         c = self.conversation
@@ -154,16 +179,28 @@ class Turn:
             if self.active:
                 await c.host.deliver_stt(self, text)
         if c.is_exit_phrase(text):
+            if not await self.released():
+                return
             log.info("[%s] exit phrase %r: saying goodbye", c.tag, text)
             self.close_after = True
             await self._say_fixed(phrase("goodbye", c.language))
             return
-        await self._start_reply()
+        if self.hold is None:
+            await self._start_reply()
         items: asyncio.Queue[Item | None] = asyncio.Queue()
         frames: asyncio.Queue[_Queued | None] = asyncio.Queue(maxsize=FRAME_QUEUE)
         think = asyncio.create_task(self._think(text, items), name=f"turn{self.id}-think")
         voice = asyncio.create_task(self._voice(items, frames), name=f"turn{self.id}-voice")
         try:
+            if self.hold is not None:
+                # Speculative: the LLM and the first sentence's TTS run meanwhile.
+                if not await self.released():
+                    return
+                if self.kind == "voice" and self.active:
+                    await c.host.deliver_stt(self, text)
+                await self._start_reply()
+                if self.held_emotion is not None:
+                    await self._send_emotion(self.held_emotion)
             await self._deliver(frames)
             await think  # surface its exception, if any
             await voice
@@ -175,6 +212,8 @@ class Turn:
     async def _think(self, text: str, items: asyncio.Queue[Item | None]) -> None:
         c = self.conversation
         responder = c.responder(on_first_token=self._mark_first_token)
+        if self.hold is not None:
+            responder.hold_tools = self._hold_tools  # tools may have side effects: not before
         said = 0
         try:
             messages = await c.build_messages(text)
@@ -200,6 +239,7 @@ class Turn:
                 self.metrics.first_clause = time.monotonic()
                 items.put_nowait(Sentence(phrase("llm_failed", c.language)))
         finally:
+            self.llm_chunks = responder.stats.text_chunks
             self.metrics.tool_calls = responder.stats.tool_calls
             self.metrics.tool_ms = round(responder.stats.tool_seconds * 1000, 1)
             items.put_nowait(None)
@@ -211,8 +251,12 @@ class Turn:
     async def _voice(self, items: asyncio.Queue[Item | None], frames: asyncio.Queue[_Queued | None]) -> None:
         c = self.conversation
         voice = c.host.voice
+        sentences = 0
         try:
             while (item := await items.get()) is not None:
+                if sentences and self.held and not await self.released():
+                    break  # speculative: only the first sentence is synthesized before the end
+                sentences += 1
                 if isinstance(item, Audio):
                     await self._play_audio(item, frames)
                     continue
@@ -314,6 +358,9 @@ class Turn:
     async def _send_emotion(self, raw: str) -> None:
         if self.emotion_sent:
             return
+        if self.held:
+            self.held_emotion = raw  # sent once the speculation is confirmed
+            return
         self.emotion_sent = True
         if self.active:
             await self.conversation.host.deliver_emotion(self, emotion_of(raw) or DEFAULT_EMOTION)
@@ -329,6 +376,15 @@ class Turn:
     def _record(self) -> None:
         m = self.metrics
         c = self.conversation
+        if self.hold is not None and (self.discarded or not self.hold.done()):
+            # A discarded speculation: not said, not heard, not remembered; only its cost counts.
+            self.discarded = True
+            c.runtime.metrics.count("speculation_discarded")
+            c.runtime.metrics.count("speculation_wasted_llm_chunks", self.llm_chunks)
+            log.info("[%s] speculative turn %d discarded (%d LLM chunks wasted)", c.tag, self.id, self.llm_chunks)
+            return
+        if self.hold is not None:
+            c.runtime.metrics.count("speculation_used")
         if self.user_text or (self.spoken and self.kind != "phrase"):
             c.remember(self.user_text, " ".join(self.spoken), interrupted=self.cancelled)
         c.runtime.metrics.record(m)

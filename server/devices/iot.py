@@ -112,8 +112,15 @@ class IotTools:
 
     name = "iot"
 
-    def __init__(self, send: SendCommands, *, timeout_s: float = 5.0, tag: str = "device") -> None:
+    def __init__(self, send: SendCommands, *, timeout_s: float = 5.0, tag: str = "device",
+                 max_things: int = 32, max_bytes: int = 65536) -> None:
         self._send = send
+        # `update: true` descriptors add up over a session, and every method is a tool in every
+        # LLM request: bounded in count and in total descriptor bytes.
+        self.max_things = max_things
+        self.max_bytes = max_bytes
+        self._thing_bytes: dict[str, int] = {}
+        self.refused = 0
         self.timeout_s = timeout_s
         self.tag = tag
         self._things: dict[str, _Thing] = {}
@@ -134,12 +141,23 @@ class IotTools:
                 # A full announcement replaces what we knew; the firmware sends one message per
                 # thing with update=true, which adds to it.
                 self._things.clear()
+                self._thing_bytes.clear()
             for desc in descriptors:
                 thing = _parse_descriptor(desc) if isinstance(desc, dict) else None
                 if thing is None:
                     log.info("[%s] iot: descriptor without a name: %.200s", self.tag, desc)
                     continue
+                size = len(json.dumps(desc, ensure_ascii=False, default=str))
+                others = sum(v for k, v in self._thing_bytes.items() if k != thing.name)
+                if (thing.name not in self._things and len(self._things) >= self.max_things) \
+                        or others + size > self.max_bytes:
+                    if self.refused == 0:
+                        log.warning("[%s] iot: more than %d things / %d bytes of descriptors: ignoring the rest",
+                                    self.tag, self.max_things, self.max_bytes)
+                    self.refused += 1
+                    continue
                 self._things[thing.name] = thing
+                self._thing_bytes[thing.name] = size
             self._rebuild()
             log.info("[%s] iot: things %s", self.tag, ", ".join(self._things) or "none")
         states = msg.get("states")

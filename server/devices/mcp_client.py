@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.tools.base import ToolContext, ToolResult, ToolSpec, object_schema
+from server.tools.mcp_result import mcp_tool_result
 
 log = logging.getLogger("server.devices.mcp")
 
@@ -56,6 +57,13 @@ class DeviceToolsConfig(BaseModel):
     # Pause between the initialize result and the first tools/list (the reference sleeps 1 s;
     # current firmware answers at once).
     list_delay_s: float = Field(default=0, ge=0, le=10)
+    # Every device tool goes into every LLM request: a device (or a client posing as one) may
+    # offer at most this many, in at most this many bytes of JSON definitions; the rest are
+    # left out. Legacy iot things likewise.
+    max_tools: int = Field(default=64, ge=1, le=1000)
+    max_tools_bytes: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
+    max_iot_things: int = Field(default=32, ge=1, le=1000)
+    max_iot_bytes: int = Field(default=65536, ge=1024, le=4 * 1024 * 1024)
 
 
 class _DeviceError(Exception):
@@ -75,8 +83,11 @@ class DeviceMcpClient:
 
     def __init__(self, send: SendPayload, *, vision_url: str = "", vision_token: str = "",
                  call_timeout_s: float = 30, list_delay_s: float = 0, list_timeout_s: float = 5,
-                 tool_timeouts_s: Mapping[str, float] | None = None, tag: str = "device") -> None:
+                 tool_timeouts_s: Mapping[str, float] | None = None, tag: str = "device",
+                 max_tools: int = 64, max_tools_bytes: int = 65536) -> None:
         self._send = send
+        self.max_tools = max_tools
+        self.max_tools_bytes = max_tools_bytes
         self.vision_url = vision_url
         self.vision_token = vision_token
         self.call_timeout_s = call_timeout_s
@@ -98,7 +109,8 @@ class DeviceMcpClient:
                     vision_token: str = "", tag: str = "device") -> DeviceMcpClient:
         return cls(send, vision_url=vision_url, vision_token=vision_token, call_timeout_s=config.call_timeout_s,
                    list_delay_s=config.list_delay_s, list_timeout_s=config.list_timeout_s,
-                   tool_timeouts_s=config.tool_timeouts_s, tag=tag)
+                   tool_timeouts_s=config.tool_timeouts_s, tag=tag, max_tools=config.max_tools,
+                   max_tools_bytes=config.max_tools_bytes)
 
     # ------------------------------------------------------------------ state
 
@@ -217,16 +229,23 @@ class DeviceMcpClient:
         specs: list[ToolSpec] = []
         kept: list[dict[str, Any]] = []
         names: set[str] = set()
+        total_bytes = 0
         for tool in tools:
             name = tool.get("name")
             if not isinstance(name, str) or not name or name in names:
                 continue
+            size = len(json.dumps(tool, ensure_ascii=False, default=str))
+            if len(kept) >= self.max_tools or total_bytes + size > self.max_tools_bytes:
+                log.warning("[%s] MCP: the device offers more than %d tools / %d bytes of tool definitions; "
+                            "keeping the first %d", self.tag, self.max_tools, self.max_tools_bytes, len(kept))
+                break
             annotations = tool.get("annotations")
             audience = annotations.get("audience") if isinstance(annotations, dict) else None
             if isinstance(audience, list) and audience and "assistant" not in audience:
                 continue  # a user-only tool listed anyway
             names.add(name)
             kept.append(tool)
+            total_bytes += size
             description = tool.get("description") if isinstance(tool.get("description"), str) else ""
             timeout = self.tool_timeouts_s.get(name, self.call_timeout_s)
             # One second more than our own wait, so the toolbox's timeout never fires first and
@@ -255,7 +274,7 @@ class DeviceMcpClient:
             return ToolResult.error(str(exc))
         except ConnectionError as exc:
             return ToolResult.error(f"could not reach the device: {exc}")
-        return _tool_result(result)
+        return mcp_tool_result(result, read_text=_unwrap_vision, failed="the device reported an error")
 
     # ------------------------------------------------------------------ JSON-RPC plumbing
 
@@ -313,29 +332,6 @@ class DeviceMcpClient:
             log.info("[%s] MCP: response %d has neither result nor error: ignored", self.tag, rid)
 
 
-
-
-def _tool_result(result: Any) -> ToolResult:
-    """`result.content[].text` -> ToolResult text; `isError` -> an error result."""
-    if not isinstance(result, dict):
-        return ToolResult(text=json.dumps(result, ensure_ascii=False))
-    content = result.get("content")
-    parts: list[str] = []
-    failed = result.get("isError") is True
-    if isinstance(content, list):
-        for item in content:
-            if not isinstance(item, dict):
-                continue
-            if item.get("type") == "text" and isinstance(item.get("text"), str):
-                text, vision_failed = _unwrap_vision(item["text"])
-                parts.append(text)
-                failed = failed or vision_failed
-            elif item.get("type") == "image":
-                parts.append("[the device returned an image]")
-    text = "\n".join(parts) if parts else json.dumps(result, ensure_ascii=False)
-    if failed:
-        return ToolResult.error(text or "the device reported an error")
-    return ToolResult(text=text)
 
 
 def _unwrap_vision(text: str) -> tuple[str, bool]:

@@ -42,6 +42,9 @@ class MemoryConfig(BaseModel):
     # device id -> user id: devices (and speakers) mapped to one user share one memory.
     identities: dict[str, str] = Field(default_factory=dict)
     summary_max_chars: int = Field(default=600, ge=50, le=5000)
+    # Stored exchanges per user; the oldest are deleted beyond this (typed text from a chatty or
+    # hostile client cannot grow the database without bound).
+    max_exchanges_per_user: int = Field(default=1000, ge=10, le=1_000_000)
 
     def user_for(self, device_id: str) -> str:
         key = device_id.lower()

@@ -105,8 +105,10 @@ class MemoryStore(Protocol):
 
 
 class SqliteMemoryStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_exchanges_per_user: int = 0) -> None:
         self.path = path
+        # 0: keep everything; else the oldest exchanges of a user beyond this are deleted.
+        self.max_exchanges_per_user = max_exchanges_per_user
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-db")
         self._db: sqlite3.Connection | None = None
 
@@ -134,7 +136,17 @@ class SqliteMemoryStore:
                 db.execute("INSERT INTO exchanges (user_id, session_id, ts, user_text, assistant_text, interrupted)"
                            " VALUES (?, ?, ?, ?, ?, ?)",
                            (user_id, session_id, time.time(), user, assistant, int(interrupted)))
+                if self.max_exchanges_per_user:
+                    # The index (user_id, id) makes this a short range scan per insert.
+                    db.execute("DELETE FROM exchanges WHERE user_id = ? AND id <= (SELECT id FROM exchanges "
+                               "WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                               (user_id, user_id, self.max_exchanges_per_user))
         await self._run(write)
+
+    async def count_exchanges(self, user_id: str) -> int:
+        def read(db: sqlite3.Connection) -> int:
+            return db.execute("SELECT COUNT(*) FROM exchanges WHERE user_id = ?", (user_id,)).fetchone()[0]
+        return await self._run(read)
 
     @staticmethod
     def _rows(rows: list[Any]) -> list[StoredExchange]:

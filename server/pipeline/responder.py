@@ -19,13 +19,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from server.pipeline.splitter import SentenceSplitter
 from server.providers.base import ChatMessage, LLMProvider, LLMRequest, ToolCall
 from server.tools.base import ToolAction, ToolResult
+from server.tools.results import EndSession  # also the item that ends the session after the reply
 from server.tools.toolbox import Toolbox, ToolRun
 
 log = logging.getLogger("server.responder")
@@ -47,11 +48,6 @@ class Audio:
     sample_rate: int
 
 
-@dataclass(slots=True)
-class EndSession:
-    pass
-
-
 Item = Sentence | Audio | EndSession
 
 INTENT_PROMPT = {
@@ -70,6 +66,7 @@ class ResponderStats:
     tool_rounds: int = 0
     tool_seconds: float = 0.0
     tool_calls: int = 0
+    text_chunks: int = 0  # streamed text pieces (one per token for OpenAI-style streams)
 
 
 class Responder:
@@ -82,6 +79,9 @@ class Responder:
         self.language = language
         self.on_first_token = on_first_token
         self.stats = ResponderStats()
+        # Awaited before any tool runs: a speculative reply holds its tool calls (which may have
+        # side effects) until the end of the user's turn is confirmed.
+        self.hold_tools: Callable[[], Awaitable[None]] | None = None
 
     def _tools(self) -> list[dict[str, Any]]:
         if self.toolbox is None or self.mode == "nointent":
@@ -124,6 +124,7 @@ class Responder:
         raw = ""
         async for delta in self.llm.stream(LLMRequest(messages=list(messages), tools=tools)):
             if delta.text:
+                self.stats.text_chunks += 1
                 if self.stats.llm_first_token is None:
                     self.stats.llm_first_token = time.monotonic()
                     if self.on_first_token:
@@ -137,6 +138,8 @@ class Responder:
 
     async def _run_tools(self, calls: list[ToolCall]) -> list[ToolRun]:
         assert self.toolbox is not None
+        if self.hold_tools is not None:
+            await self.hold_tools()
         t0 = time.monotonic()
         tasks = []
         for call in calls:

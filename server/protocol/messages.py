@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from server.protocol.errors import ProtocolError
+from server.protocol.safe_json import loads_limited
 
 LISTEN_STATES = ("start", "stop", "detect")
 LISTEN_MODES = ("auto", "manual", "realtime")
@@ -333,10 +334,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 def decode_message(text: str | bytes) -> Message:
     """Parse one text frame. Raises ProtocolError naming what is wrong."""
-    try:
-        obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+    obj = loads_limited(text)
     if not isinstance(obj, dict):
         raise ProtocolError(f"expected a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")

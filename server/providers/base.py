@@ -37,10 +37,13 @@ class ProviderError(Exception):
     """A provider failed while serving a request. `retryable` says whether trying again (or a
     fallback provider) may help; the message names the provider and the cause for the log."""
 
-    def __init__(self, provider: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, provider: str, message: str, *, retryable: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.retryable = retryable
+        # Seconds the service asked us to wait before trying again (HTTP Retry-After), if any.
+        self.retry_after = retry_after
 
 
 class ProviderUnavailable(Exception):

@@ -8,12 +8,14 @@ user would hear the start twice): that one sentence or answer ends there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from server.providers.base import AudioChunk, LLMDelta, LLMRequest, ProviderError, Transcript
+from server.providers.retry import retry_before_first_item
 
 log = logging.getLogger("server.providers")
 
@@ -74,21 +76,29 @@ class FallbackChain:
         that fails after it is cooled down too, but its error ends the stream (the user already
         heard the start)."""
         errors: list[str] = []
-        for provider in self.order():
-            started = False
-            try:
-                async for item in open_stream(provider):
-                    started = True
-                    yield item
-            except ProviderError as exc:
-                self.failed(provider, exc)
-                if started:
+        providers = iter(self.order())
+
+        def attempt(provider: Any) -> Callable[[], AsyncIterator[T]]:
+            async def items() -> AsyncIterator[T]:
+                try:
+                    async for item in open_stream(provider):
+                        yield item
+                except ProviderError as exc:
+                    self.failed(provider, exc)
                     raise
-                errors.append(str(exc))
-                continue
-            self.succeeded(provider)
-            return
-        raise self._all_failed(errors)
+                self.succeeded(provider)
+            return items
+
+        async def next_provider(exc: ProviderError) -> Callable[[], AsyncIterator[T]] | None:
+            errors.append(str(exc))
+            provider = next(providers, None)
+            if provider is None:
+                raise self._all_failed(errors)
+            return attempt(provider)
+
+        async with contextlib.aclosing(retry_before_first_item(attempt(next(providers)), next_provider)) as items:
+            async for item in items:
+                yield item
 
 
 class FallbackTTS(FallbackChain):
@@ -118,17 +128,10 @@ class FallbackASR(FallbackChain):
     kind = "asr"
 
     async def transcribe(self, pcm: bytes, sample_rate: int = 16000) -> Transcript:
-        errors: list[str] = []
-        for provider in self.order():
-            try:
-                result = await provider.transcribe(pcm, sample_rate)
-            except ProviderError as exc:
-                self.failed(provider, exc)
-                errors.append(str(exc))
-                continue
-            self.succeeded(provider)
-            return result
-        raise self._all_failed(errors)
+        async def once(provider: Any) -> AsyncIterator[Transcript]:
+            yield await provider.transcribe(pcm, sample_rate)
+
+        return [t async for t in self._stream(once)][0]
 
 
 CHAINS: dict[str, type[FallbackChain]] = {"tts": FallbackTTS, "llm": FallbackLLM, "asr": FallbackASR}

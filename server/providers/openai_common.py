@@ -1,5 +1,6 @@
-"""What the OpenAI-compatible LLM, ASR and TTS providers share: the `AsyncOpenAI` client, the
-mapping of SDK/network errors to ProviderErrors that name the cause, and the retry policy.
+"""What the OpenAI-compatible LLM, ASR, TTS and vision clients share: the `AsyncOpenAI` client and
+the mapping of SDK/network errors to ProviderErrors that name the cause. The retry policy they
+follow is the providers' common one (retry.py).
 
 Nothing here imports `openai` or `httpx2` at module level: configuring an embedded-only server
 must not pay for (or require) the SDK, so those imports happen inside the functions.
@@ -7,19 +8,10 @@ must not pay for (or require) the SDK, so those imports happen inside the functi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from server.providers.base import Provider, ProviderError, ProviderUnavailable
-
-log = logging.getLogger("server.providers")
-
-T = TypeVar("T")
 
 # The SDK refuses to build a client without a key; local servers (Ollama, LM Studio, vLLM) need
 # none. With this placeholder (and `request_headers`) no Authorization header is sent at all.
@@ -34,9 +26,8 @@ class OpenAIProviderError(ProviderError):
 
     def __init__(self, provider: str, message: str, *, retryable: bool = False, status: int | None = None,
                  retry_after: float | None = None) -> None:
-        super().__init__(provider, message, retryable=retryable)
+        super().__init__(provider, message, retryable=retryable, retry_after=retry_after)
         self.status = status
-        self.retry_after = retry_after
 
 
 def _server_message(exc: Any) -> str:
@@ -180,54 +171,3 @@ class OpenAIClientProvider(Provider):
         """`provider_error` for this provider's name, host and timeout."""
         s = self.settings
         return provider_error(self.name, exc, s.base_url, s.timeout_s)
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def backoff_s(attempt: int, base: float, retry_after: float | None, cap: float = 5.0) -> float:
-    """Exponential backoff with jitter; a server's Retry-After wins, capped (a voice turn
-    cannot wait long anyway)."""
-    delay = base * (2 ** (attempt - 1)) * (0.75 + random.random() / 2)
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return min(delay, cap)
-
-
-async def stream_with_retries(name: str, retries: int, backoff_base_s: float,
-                              attempt: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
-    """Yield what `attempt()` yields; when it raises a retryable OpenAIProviderError before its
-    first item, wait (backoff) and start a new attempt, at most `retries` times.
-
-    Never after the first item: a restarted answer or sentence would be heard twice. Closing this
-    generator closes the running attempt at once (its HTTP stream with it), so an interrupted
-    answer stops the vendor's generation too.
-    """
-    tries = 0
-    while True:
-        produced = False
-        try:
-            async with contextlib.aclosing(attempt()) as items:
-                async for item in items:
-                    produced = True
-                    yield item
-            return
-        except OpenAIProviderError as exc:
-            if produced or not exc.retryable or tries >= retries:
-                raise
-            tries += 1
-            delay = backoff_s(tries, backoff_base_s, exc.retry_after)
-            log.warning("%s: %s; retry %d/%d in %.2f s", name, exc, tries, retries, delay)
-            await asyncio.sleep(delay)
-
-
-async def call_with_retries(name: str, retries: int, backoff_base_s: float,
-                            call: Callable[[], Awaitable[T]]) -> T:
-    """One request/answer call under the same policy: a single answer is never heard in part,
-    so every retryable failure may be retried."""
-
-    async def once() -> AsyncIterator[T]:
-        yield await call()
-
-    results = [result async for result in stream_with_retries(name, retries, backoff_base_s, once)]
-    return results[0]

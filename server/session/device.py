@@ -25,3 +25,6 @@ class DeviceInfo:
     protocol_version: int = 1
     user_agent: str = ""
     host: str = ""  # the Host header the device used (it can reach us under that name)
+    # The registry generation of the token this connection authenticated with (pairing on);
+    # None without one. Vision tokens handed to the device carry it, so revoking stops them too.
+    auth_generation: int | None = None

@@ -3,6 +3,10 @@
 Auto and realtime modes: the segmenter ends an utterance after enough silence. While that
 silence is still being confirmed, ASR already starts on the audio so far (`early_asr_ms`); if
 the user stays quiet that transcript is handed to the turn, if they go on talking it is dropped.
+With adaptive end of turn (`windows`), that early transcript also decides how much silence ends
+this utterance (server.pipeline.turn_end): a finished-sounding request ends after the short
+window, one that trails off ("and then...") waits for the long one, and while the transcript
+is not known yet the default window applies.
 Manual mode: everything between listen start and listen stop is the utterance (if VAD heard any
 speech in it).
 
@@ -13,6 +17,7 @@ No socket, no turns: the session feeds PCM and VAD probabilities in and starts a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -20,13 +25,70 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from server.audio.opus import OpusDecoder, dtx_samples
 from server.pipeline.segmenter import Segment, Segmenter, SegmenterConfig, SegmentEvent
+from server.pipeline.turn_end import TurnEnd, TurnEndWindows, classify
+from server.providers.base import PCM_RATE
+from server.providers.vad.batch import batcher_for
 
 log = logging.getLogger("server.session")
 
-PCM_RATE = 16000
 # Audio kept after the last voiced window: Whisper transcribes better with a short trailing pause.
 TAIL_SAMPLES = PCM_RATE // 10
+
+
+def end_windows(vad_settings: Any) -> TurnEndWindows | None:
+    """The adaptive end-of-turn windows a VAD config asks for (None: a fixed window)."""
+    if not getattr(vad_settings, "adaptive_end", False):
+        return None
+    default = vad_settings.min_silence_ms
+    return TurnEndWindows(short_ms=min(vad_settings.short_silence_ms, default), default_ms=default,
+                          long_ms=max(vad_settings.long_silence_ms, default))
+
+
+FrameResult = tuple[bytes | None, list[float], str | None]  # (PCM or None, VAD probabilities, error)
+
+
+class UplinkAudio:
+    """One session's microphone packets -> PCM and VAD probabilities.
+
+    A DTX packet (1-2 bytes: the encoder had nothing to send) is silence of the packet's
+    duration: it is answered here, on the event loop, without decoding or running the model;
+    the VAD stream and the segmenter still advance by its length in audio time. Everything else
+    goes to the process-wide batcher (decode + VAD on one thread, batched across sessions)."""
+
+    def __init__(self, vad: Any, count: Callable[[str, int], None] | None = None) -> None:
+        self._vad = vad
+        self._stream = vad.new_stream()
+        self._skip = getattr(self._stream, "skip_silence", None)
+        self._decoder = OpusDecoder(PCM_RATE)
+        self._batcher = batcher_for(vad)
+        if count is not None and self._batcher.count is None:
+            self._batcher.count = count
+        self._count = count
+
+    def _counted(self, name: str) -> None:
+        if self._count is not None:
+            self._count(name, 1)
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def silent(self, packet: bytes) -> tuple[bytes, list[float]] | None:
+        """(PCM, probabilities) for a DTX packet, None for a packet that needs decoding."""
+        samples = dtx_samples(packet) if self._skip is not None else None
+        if samples is None:
+            return None
+        self._counted("uplink_dtx_frames")
+        return bytes(samples * 2), [0.0] * self._skip(samples)
+
+    def needs_decoding(self, packet: bytes) -> bool:
+        return self._skip is None or dtx_samples(packet) is None
+
+    async def process(self, packets: list[bytes]) -> list[FrameResult]:
+        if self._count is not None:
+            self._count("uplink_decoded_frames", len(packets))
+        return await self._batcher.submit(self._decoder.decode, self._stream, packets)
 
 
 @dataclass(slots=True)
@@ -39,7 +101,13 @@ class Utterance:
 
 class UtteranceListener:
     def __init__(self, segmenter: SegmenterConfig, *, pre_roll_ms: int, early_asr_ms: int, max_utterance_s: float,
-                 transcribe: Callable[[bytes], Awaitable[Any]] | None = None, tag: str = "") -> None:
+                 transcribe: Callable[[bytes], Awaitable[Any]] | None = None, tag: str = "",
+                 windows: TurnEndWindows | None = None) -> None:
+        self._windows = windows if transcribe is not None and early_asr_ms else None
+        if self._windows is not None:
+            # The segmenter itself only ends at the longest window; shorter ends are decided here.
+            segmenter = dataclasses.replace(segmenter, min_silence_ms=max(self._windows.long_ms,
+                                                                          self._windows.default_ms))
         self._segmenter = Segmenter(segmenter)
         self._pre_roll = pre_roll_ms * PCM_RATE // 1000
         self._early_after = early_asr_ms * PCM_RATE // 1000 if transcribe is not None else 0
@@ -48,12 +116,18 @@ class UtteranceListener:
         self.tag = tag
         self.mode = "auto"
         self.early_used = 0  # early transcripts that were handed to a turn (for metrics)
+        self.last_decision: TurnEnd | None = None  # adaptive end: the decision for the last utterance
         self._audio = bytearray()  # audio since the last reset, trimmed while nobody speaks
         self._audio_start = 0  # sample position of _audio[0]
         self._audio_pos = 0  # samples received since the last reset
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
         self.speech_seen = False
         self._early: tuple[tuple[int, int], asyncio.Task[Any]] | None = None
+        # Speculation hooks: an early transcript finished while the silence is still being
+        # confirmed (the reply can start on it), or one was thrown away (the user went on, or
+        # the utterance turned out different): whatever was started on it must stop.
+        self.on_early_ready: Callable[[asyncio.Task[Any]], None] | None = None
+        self.on_early_dropped: Callable[[asyncio.Task[Any]], None] | None = None
 
     @property
     def in_speech(self) -> bool:
@@ -83,11 +157,16 @@ class UtteranceListener:
         self._audio_pos += len(pcm) // 2
         self._arrivals.append((self._audio_pos, arrival))
         out: list[Utterance] = []
+        seg = self._segmenter
+        adaptive = self._windows is not None and self.mode != "manual"
         for prob in probs:
-            utterance = self._on_segment(self._segmenter.feed(prob))
+            segment = seg.feed(prob)
+            if segment is None and adaptive and seg.in_speech and seg.silence_ms >= self._windows.short_ms \
+                    and seg.silence_ms >= self._window_ms():
+                segment = seg.end()
+            utterance = self._on_segment(segment)
             if utterance is not None:
                 out.append(utterance)
-        seg = self._segmenter
         if self.mode == "manual":
             if len(self._audio) > self._max_samples * 2:
                 # Kept until listen stop, up to the utterance limit (the newest audio wins).
@@ -167,6 +246,20 @@ class UtteranceListener:
                 return when
         return self._arrivals[-1][1] if self._arrivals else None
 
+    def _window_ms(self) -> int:
+        """The silence that ends the current utterance: from the early transcript once it is
+        known (and is of the audio up to now), else the default."""
+        assert self._windows is not None
+        decision = TurnEnd.DEFAULT
+        early = self._early
+        seg = self._segmenter
+        if early is not None and early[0] == (seg.speech_start, seg.last_voiced_end) and early[1].done() \
+                and not early[1].cancelled() and early[1].exception() is None:
+            result = early[1].result()
+            decision = classify(str(getattr(result, "text", result) or ""))
+        self.last_decision = decision
+        return self._windows.for_decision(decision)
+
     def _maybe_start_early_asr(self) -> None:
         seg = self._segmenter
         if not self._early_after or self._transcribe is None:
@@ -182,12 +275,23 @@ class UtteranceListener:
             return  # would be discarded as a blip anyway
         self._drop_early()
         audio = self._utterance_audio(key[0], *self._bounds(*key))
-        self._early = (key, asyncio.ensure_future(self._transcribe(audio)))
+        task = asyncio.ensure_future(self._transcribe(audio))
+        self._early = (key, task)
+        task.add_done_callback(self._early_done)
+
+    def _early_done(self, task: asyncio.Task[Any]) -> None:
+        if self.on_early_ready is None or task.cancelled() or task.exception() is not None:
+            return
+        if self._early is not None and self._early[1] is task and self._segmenter.in_speech:
+            self.on_early_ready(task)
 
     def _drop_early(self) -> None:
         if self._early is not None:
-            self._early[1].cancel()
+            task = self._early[1]
+            task.cancel()
             self._early = None
+            if self.on_early_dropped is not None:
+                self.on_early_dropped(task)
 
     def _take_early(self, start: int, end: int) -> asyncio.Task[Any] | None:
         early, self._early = self._early, None
@@ -197,4 +301,6 @@ class UtteranceListener:
             self.early_used += 1
             return early[1]
         early[1].cancel()
+        if self.on_early_dropped is not None:
+            self.on_early_dropped(early[1])
         return None

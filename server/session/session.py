@@ -45,6 +45,8 @@ from server.session.device import Connection, DeviceInfo
 from server.session.downlink import Downlink
 from server.session.listener import Utterance
 from server.session.ratelog import RateLimitedLog
+from server.session.speculation import Speculator
+from server.session.typed_text import TypedTextGuard
 from server.session.uplink import Uplink
 
 log = logging.getLogger("server.session")
@@ -70,12 +72,15 @@ class Session:
         self._warn = RateLimitedLog()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_words = {normalize(w) for w in cfg.session.wake_words}
+        self.text_guard = TypedTextGuard(cfg.session.max_text_chars, cfg.session.text_turns_per_minute)
         self.downlink = Downlink(endpoint, self.session_id, framing_version=self.framing_version,
                                  frame_ms=cfg.audio_out.frame_duration_ms,
                                  prebuffer_frames=cfg.audio_out.prebuffer_frames, on_failed=self._on_send_failed)
         self.uplink = Uplink(services.vad, services.asr, services.metrics, max_utterance_s=cfg.session.max_utterance_s,
                              queue_frames=cfg.session.uplink_queue_frames, tag=self.tag, warn=self._warn,
                              on_utterance=self._on_utterance, on_speech=self._on_speech, on_wake=self._on_wake_word)
+        self.speculator = Speculator(self.conversation, self.uplink.listener,
+                                     enabled=bool(getattr(services.vad.settings, "speculate", False)))
         self.device_tools: McpDeviceTools | None = None  # once the device announced MCP
         self.iot_tools: DeviceTools | None = None  # once a legacy device sent descriptors
 
@@ -99,8 +104,10 @@ class Session:
             async for frame in incoming:
                 if isinstance(frame, str):
                     await self.on_text(frame)
-                else:
-                    self.on_binary(frame)
+                elif (json_text := self.on_binary(frame)) is not None:
+                    # JSON inside a binary frame (protocol v2/v3) is handled here, in the receive
+                    # loop, like text: a client that floods them waits for us, never piles up tasks.
+                    await self.on_text(json_text)
                 if self.closed:
                     break
         finally:
@@ -198,21 +205,22 @@ class Session:
         else:
             self._warn.warn(self.tag, f"unexpected:{msg.TYPE}", f"unexpected {msg.TYPE!r} from a device: ignored")
 
-    def on_binary(self, data: bytes) -> None:
+    def on_binary(self, data: bytes) -> str | None:
+        """Audio goes to the uplink queue; a JSON payload (v2/v3) is returned for on_text."""
         if not self.hello_received:
             self._warn.warn(self.tag, "binprehello", "binary frame before hello: dropped")
             self.services.metrics.count("audio_before_hello")
-            return
+            return None
         try:
             frame = framing.unpack(self.framing_version, data)
         except FramingError as exc:
             self._warn.warn(self.tag, "framing", f"dropped binary frame: {exc}")
             self.services.metrics.count("bad_binary_frames")
-            return
+            return None
         if frame.payload_type == framing.PAYLOAD_JSON:
-            self._spawn(self.on_text(frame.payload.decode("utf-8", "replace")), "binary-json")
-            return
+            return frame.payload.decode("utf-8", "replace")
         self.uplink.audio(frame.payload, time.monotonic())
+        return None
 
     async def _on_hello(self, msg: Hello) -> None:
         cfg = self.services.config
@@ -252,6 +260,11 @@ class Session:
             if not text or normalize(text) in self._wake_words:
                 self.uplink.wake(text)
             else:
+                refusal = self.text_guard.refusal(text)
+                if refusal is not None:
+                    self._warn.warn(self.tag, "typed", f"typed text ignored: {refusal}")
+                    self.services.metrics.count("typed_text_refused")
+                    return
                 # Typed chat (py-xiaozhi, browser test pages): a turn of its own, right away.
                 self.uplink.reset()
                 self.start_turn("text", text=text)
@@ -307,9 +320,11 @@ class Session:
     def _on_utterance(self, utterance: Utterance) -> None:
         if utterance.asr_task is not None:
             self.services.metrics.count("early_asr_used")
-        self.start_turn("voice", audio=utterance.audio, asr_task=utterance.asr_task,
-                        metrics=TurnMetrics(speech_end_arrival=utterance.speech_end_arrival,
-                                            endpoint=utterance.endpoint))
+        metrics = TurnMetrics(speech_end_arrival=utterance.speech_end_arrival, endpoint=utterance.endpoint)
+        if self.speculator.take(utterance, metrics):
+            self.last_activity = time.monotonic()
+            return  # the reply started during the silence window answers it
+        self.start_turn("voice", audio=utterance.audio, asr_task=utterance.asr_task, metrics=metrics)
 
     def _on_speech(self, arrival: float) -> None:
         self.last_activity = arrival

@@ -1,9 +1,12 @@
 """A board's microphone: Opus frames -> PCM -> VAD -> utterances, with the listen state.
 
 Audio and the listen state changes that must apply in order with it (start, stop, detect) go
-through one bounded queue to one worker, which decodes and runs VAD off the event loop in one
-hop. The queue is bounded in audio frames (the oldest are dropped when a client floods faster
-than real time); control items never drop. Utterances come out through `on_utterance`;
+through one bounded queue to one worker, which hands the frames to the process-wide VAD batcher
+(decode + Silero on one thread, batched across sessions: server/providers/vad/batch.py). DTX and
+comfort-noise frames need neither: they are silence of the packet's length, handled on the
+event loop, right in `audio()` when nothing is queued (see `UplinkAudio`). The queue is bounded
+in audio frames (the oldest are dropped when a client floods faster than real time); control
+items never drop. Utterances come out through `on_utterance`;
 `on_speech` fires for every frame heard while the user is speaking (activity, barge-in).
 """
 
@@ -14,11 +17,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from server.audio.opus import OpusDecoder
 from server.conversation.metrics import MetricsLog
 from server.pipeline.segmenter import SegmenterConfig
-from server.providers.base import PCM_RATE, ASRProvider, VADProvider
-from server.session.listener import Utterance, UtteranceListener
+from server.providers.base import ASRProvider, VADProvider
+from server.session.listener import UplinkAudio, Utterance, UtteranceListener, end_windows
 from server.session.ratelog import RateLimitedLog
 
 # Audio the firmware replays before `listen detect` (its wake word); we keep about this much.
@@ -46,9 +48,9 @@ class Uplink:
             SegmenterConfig(threshold=s.threshold, neg_threshold=s.neg_threshold, min_silence_ms=s.min_silence_ms,
                             min_speech_ms=s.min_speech_ms, window_samples=vad.window_samples),
             pre_roll_ms=s.pre_roll_ms, early_asr_ms=s.early_asr_ms, max_utterance_s=max_utterance_s,
-            transcribe=self._early_transcribe, tag=tag)
-        self._vad_stream = vad.new_stream()
-        self._decoder = OpusDecoder(PCM_RATE)
+            transcribe=self._early_transcribe, tag=tag, windows=end_windows(s))
+        self.input = UplinkAudio(vad, metrics.count)  # decode + VAD, batched across sessions
+        self._busy = False  # frames of this session are at the VAD thread
         self._wake_audio: deque[bytes] = deque()
         self._queue: deque[tuple[str, Any]] = deque()
         self._queued_audio = 0
@@ -69,6 +71,13 @@ class Uplink:
     # ------------------------------------------------------------------ input (event loop)
 
     def audio(self, packet: bytes, arrival: float) -> None:
+        if not self._queue and not self._busy and self.listening:
+            # Nothing queued or in flight: a DTX/comfort-noise frame is handled right here, no
+            # queue, no task switch (the common case for a device that listens to a quiet room).
+            silent = self.input.silent(packet)
+            if silent is not None:
+                self._on_pcm(*silent, arrival)
+                return
         self._enqueue("audio", (packet, arrival))
 
     def start(self, mode: str | None) -> None:
@@ -116,13 +125,26 @@ class Uplink:
             if not self.listening:
                 self._keep_wake_audio(packet)
                 continue
-            try:
-                pcm, probs = await self.vad.run_blocking(self._decode_and_detect, packet)
-            except ValueError as exc:
-                self._warn.warn(self.tag, "opus", f"dropped uplink frame: {exc}")
-                self.metrics.count("bad_opus_frames")
+            silent = self.input.silent(packet)
+            if silent is not None:
+                self._on_pcm(*silent, arrival)  # DTX: silence, without decoding or the model
                 continue
-            self._on_pcm(pcm, probs, arrival)
+            # This frame and the ones queued right behind it go to the VAD thread as one job.
+            frames = [value]
+            while self._queue and self._queue[0][0] == "audio" and self.input.needs_decoding(self._queue[0][1][0]):
+                frames.append(self._queue.popleft()[1])
+                self._queued_audio -= 1
+            self._busy = True
+            try:
+                results = await self.input.process([p for p, _ in frames])
+            finally:
+                self._busy = False
+            for (pcm, probs, error), (_, at) in zip(results, frames, strict=True):
+                if pcm is None:
+                    self._warn.warn(self.tag, "opus", f"dropped uplink frame: {error}")
+                    self.metrics.count("bad_opus_frames")
+                    continue
+                self._on_pcm(pcm, probs, at)
 
     def _apply(self, kind: str, value: Any) -> None:
         """Listen state changes, applied in order with the audio that came before them."""
@@ -135,7 +157,7 @@ class Uplink:
             utterance = self.listener.finish()
             if utterance is not None:
                 self._on_utterance(utterance)
-            self._vad_stream.reset()
+            self.input.reset()
         elif kind == "wake":
             discarded = len(self._wake_audio) * self.frame_ms / 1000
             self._wake_audio.clear()
@@ -146,11 +168,7 @@ class Uplink:
 
     def _reset(self, mode: str | None = None) -> None:
         self.listener.reset(mode)
-        self._vad_stream.reset()
-
-    def _decode_and_detect(self, packet: bytes) -> tuple[bytes, list[float]]:
-        pcm = self._decoder.decode(packet)
-        return pcm, self.vad.process_sync(self._vad_stream, pcm)
+        self.input.reset()
 
     def _keep_wake_audio(self, packet: bytes) -> None:
         # Frames before `listen detect` are the wake word replay; keep the last ~2.5 s only.

@@ -12,7 +12,8 @@ from server.state.config import StateConfig, fleet_problems
 __all__ = ["Bus", "Lease", "Leases", "StateBackend", "StateConfig", "fleet_problems", "open_state"]
 
 
-async def open_state(state: StateConfig, data_dir: Path | None, memory_db: str = "memory.sqlite3") -> StateBackend:
+async def open_state(state: StateConfig, data_dir: Path | None, memory_db: str = "memory.sqlite3", *,
+                     max_exchanges_per_user: int = 0) -> StateBackend:
     """Open the configured backend. Raises ProviderUnavailable with one line when it cannot."""
     if not state.url:
         from server.memory.store import SqliteMemoryStore
@@ -20,12 +21,12 @@ async def open_state(state: StateConfig, data_dir: Path | None, memory_db: str =
 
         if data_dir is None:
             raise ValueError("the embedded state needs a data directory")
-        store = SqliteMemoryStore(data_dir / memory_db)
+        store = SqliteMemoryStore(data_dir / memory_db, max_exchanges_per_user=max_exchanges_per_user)
         await store.open()
         return StateBackend("embedded", store, LocalLeases(), LocalBus(), _closers=[store.close])
     from server.state.postgres import open_postgres
 
-    backend = await open_postgres(state)
+    backend = await open_postgres(state, max_exchanges_per_user)
     if state.redis_url:
         from server.state.redis_store import open_redis
 

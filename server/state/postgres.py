@@ -115,14 +115,24 @@ _COLUMNS = "id, user_text, assistant_text, interrupted, ts, session_id"
 class PgMemoryStore:
     """MemoryStore on PostgreSQL: the same behaviour as SqliteMemoryStore, shared by processes."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, max_exchanges_per_user: int = 0) -> None:
         self.pool = pool
+        # 0: keep everything; else the oldest exchanges of a user beyond this are deleted.
+        self.max_exchanges_per_user = max_exchanges_per_user
 
     async def add_exchange(self, user_id: str, session_id: str, user: str, assistant: str,
                            interrupted: bool = False) -> None:
-        await self.pool.execute("INSERT INTO exchanges (user_id, session_id, ts, user_text, assistant_text, "
-                                "interrupted) VALUES ($1, $2, $3, $4, $5, $6)",
-                                user_id, session_id, time.time(), user, assistant, interrupted)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO exchanges (user_id, session_id, ts, user_text, assistant_text, "
+                               "interrupted) VALUES ($1, $2, $3, $4, $5, $6)",
+                               user_id, session_id, time.time(), user, assistant, interrupted)
+            if self.max_exchanges_per_user:
+                await conn.execute("DELETE FROM exchanges WHERE user_id = $1 AND id <= (SELECT id FROM exchanges "
+                                   "WHERE user_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                                   user_id, self.max_exchanges_per_user)
+
+    async def count_exchanges(self, user_id: str) -> int:
+        return int(await self.pool.fetchval("SELECT COUNT(*) FROM exchanges WHERE user_id = $1", user_id))
 
     async def recent_exchanges(self, user_id: str, limit: int) -> list[StoredExchange]:
         rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM exchanges WHERE user_id = $1 "  # noqa: S608
@@ -328,7 +338,7 @@ class PgBus:
             self._conn = None
 
 
-async def open_postgres(config: StateConfig) -> StateBackend:
+async def open_postgres(config: StateConfig, max_exchanges_per_user: int = 0) -> StateBackend:
     try:
         import asyncpg
     except ImportError:
@@ -348,5 +358,5 @@ async def open_postgres(config: StateConfig) -> StateBackend:
         raise
     bus = PgBus(pool, config.url, config.connect_timeout_s)
     log.info("state: shared PostgreSQL at %s", where)
-    return StateBackend("postgresql", PgMemoryStore(pool), PgLeases(pool), bus, extras={"pg_pool": pool},
-                        _closers=[pool.close, bus.close])
+    return StateBackend("postgresql", PgMemoryStore(pool, max_exchanges_per_user), PgLeases(pool), bus,
+                        extras={"pg_pool": pool}, _closers=[pool.close, bus.close])

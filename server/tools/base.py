@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import BaseModel
+
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -95,7 +97,9 @@ class ToolContext:
     user_id: str  # memory identity: the device id unless config maps several devices to one user
     session_id: str
     language: str  # assistant language: "en" | "zh"
-    settings: dict[str, Any] = field(default_factory=dict)  # this plugin's section of config
+    # This plugin's validated `Settings` model (its section of config.yaml); None when the plugin
+    # defines no Settings or the call comes from outside the plugin loader.
+    settings: BaseModel | None = None
     storage: KeyValueStore | None = None
     http: Any = None  # a shared aiohttp.ClientSession (created lazily by the server)
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. "music_dir", set by the server

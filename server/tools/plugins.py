@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from server.plugin_api import Tool
+from server.config.errors import one_line
 from server.tools.base import ToolContext, ToolResult, ToolSpec
+from server.tools.decorator import Tool
 
 log = logging.getLogger("server.plugins")
 
@@ -102,28 +103,15 @@ def load_plugin(name: str, path: Path) -> PluginModule:
     return loaded
 
 
-def _format_validation_error(name: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        key = f"plugins.{name}" + (f".{loc}" if loc else "")
-        msg = err.get("msg", "invalid")
-        if "input" in err and err.get("type") not in ("missing",) and loc:
-            shown = repr(err["input"])
-            msg += f" (got {shown[:60]})"
-        parts.append(f"{key}: {msg}")
-    more = f" (and {len(parts) - 1} more)" if len(parts) > 1 else ""
-    return parts[0] + more if parts else f"plugins.{name}: invalid settings"
-
-
-def validate_settings(plugin: PluginModule, raw: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The plugin's validated settings as a plain dict (defaults filled in, types converted)."""
+def validate_settings(plugin: PluginModule, raw: Mapping[str, Any] | None) -> BaseModel | None:
+    """The plugin's validated Settings model (defaults filled in, types converted); None for a
+    plugin without one."""
     raw = {k: v for k, v in (raw or {}).items() if k != "enabled"}
     model = plugin.settings_model
     if model is None:
         if raw:
             raise PluginConfigError(f"plugins.{plugin.name}.{sorted(raw)[0]}: this plugin takes no settings")
-        return {}
+        return None
     if model.model_config.get("extra") != "allow":
         # A misspelt key would otherwise be ignored silently and the default used instead.
         known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
@@ -134,15 +122,15 @@ def validate_settings(plugin: PluginModule, raw: Mapping[str, Any] | None) -> di
     try:
         validated = model.model_validate(raw)
     except ValidationError as exc:
-        raise PluginConfigError(_format_validation_error(plugin.name, exc)) from None
-    return dict(validated)
+        raise PluginConfigError(one_line(exc, f"plugins.{plugin.name}")) from None
+    return validated
 
 
 @dataclass(slots=True)
 class _Entry:
     plugin: str
     tool: Tool
-    settings: dict[str, Any]
+    settings: BaseModel | None
     spec: ToolSpec
 
 
@@ -212,8 +200,9 @@ class PluginTools:
         if entry is None:
             return ToolResult.error(f"unknown plugin tool {name!r}; available: {', '.join(sorted(self._entries))}")
         # A copy per call: the session's context is not ours to change, and a tool that edits
-        # its settings dict must not affect the next call.
-        call_ctx = dataclasses.replace(ctx, settings=dict(entry.settings))
+        # its settings must not affect the next call.
+        settings = entry.settings.model_copy(deep=True) if entry.settings is not None else None
+        call_ctx = dataclasses.replace(ctx, settings=settings)
         try:
             return await entry.tool.invoke(call_ctx, arguments or {})
         except Exception as exc:  # noqa: BLE001 - the model gets an error result, the log the trace

@@ -16,26 +16,25 @@ being read whole first.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import BodyPartReader, web
-from pydantic import BaseModel, ConfigDict, Field
 
+from server.config.schema import VisionConfig
+from server.providers.openai_vision import OpenAIVision, VisionFailed
 from server.transport.auth import TokenAuth
+from server.transport.limits import RateLimiter
 
 log = logging.getLogger("server.vision")
 
 PATH = "/mcp/vision/explain"
 _MAX_QUESTION_BYTES = 4096
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 # Magic numbers of the formats vision APIs accept; the firmware always sends JPEG.
 _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -43,36 +42,6 @@ _IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
 )
-
-
-class VisionConfig(BaseModel):
-    """`vision:` section of config.yaml. The endpoint is enabled when `model` and `base_url` are set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # An OpenAI-compatible chat completions API with image input, e.g. https://api.openai.com/v1
-    # (gpt-4o-mini), https://dashscope.aliyuncs.com/compatible-mode/v1 (qwen-vl-plus),
-    # https://open.bigmodel.cn/api/paas/v4 (glm-4v-flash), or a local Ollama/vLLM /v1.
-    base_url: str = ""
-    api_key: str = ""
-    model: str = ""
-    timeout_s: float = Field(default=20, gt=0, le=120)
-    max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=50 * 1024 * 1024)
-    max_tokens: int = Field(default=300, ge=16, le=4096)
-    # System prompt sent with every photo: short spoken answers in the question's language.
-    prompt: str = ("You see a photo taken by a small voice assistant's camera. Answer the question about it "
-                   "briefly and concretely, in the language of the question, in plain text without markdown.")
-    # The URL handed to devices in the MCP initialize. Empty: http://<host the device used to
-    # reach us>:<server.http_port>/mcp/vision/explain.
-    url: str = ""
-    # Lifetime of the per-session vision token (a new one is minted at each connection).
-    token_ttl_s: float = Field(default=24 * 3600, gt=60)
-    # Uploads analysed at once; more wait (each is a paid, slow model call).
-    max_concurrent: int = Field(default=4, ge=1, le=64)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.model and self.base_url)
 
 
 def vision_url_for(host_header: str, configured: str, http_port: int, path: str = PATH) -> str:
@@ -118,11 +87,16 @@ def _json(data: dict[str, Any], status: int = 200) -> web.Response:
 
 
 class VisionHandler:
-    def __init__(self, config: VisionConfig, auth: TokenAuth, *, client: Any = None) -> None:
+    def __init__(self, config: VisionConfig, auth: TokenAuth) -> None:
         self.config = config
         self.tokens = vision_token_auth(auth, config.token_ttl_s)
-        self._client = client  # an openai.AsyncOpenAI; created on first use when not given
+        self.model = OpenAIVision(base_url=config.base_url, api_key=config.api_key, model=config.model,
+                                  timeout_s=config.timeout_s, max_tokens=config.max_tokens, prompt=config.prompt)
         self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._rate = RateLimiter(config.requests_per_minute)
+        # Set when pairing is on: (device id, client id) -> the device's current generation, or
+        # None when it is not paired. Tokens minted with a generation must match it.
+        self.current_generation: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -130,17 +104,19 @@ class VisionHandler:
 
     # ------------------------------------------------------------------ for the session
 
-    def mint_token(self, device_id: str, client_id: str) -> str:
-        return self.tokens.mint(device_id.strip().lower(), client_id.strip())
+    def mint_token(self, device_id: str, client_id: str, generation: int | None = None) -> str:
+        """A vision token; with a pairing `generation`, it stops working when the device is revoked."""
+        return self.tokens.mint(device_id.strip().lower(), client_id.strip(),
+                                generation=0 if generation is None else generation + 1)
 
     def device_capability(self, device_id: str, client_id: str, host_header: str,
-                          http_port: int) -> tuple[str, str]:
+                          http_port: int, generation: int | None = None) -> tuple[str, str]:
         """(url, token) for DeviceMcpClient(vision_url=..., vision_token=...); ("", "") when the
         endpoint is not configured, so the device is not told to upload photos nobody reads."""
         if not self.enabled:
             return "", ""
         return (vision_url_for(host_header, self.config.url, http_port),
-                self.mint_token(device_id, client_id))
+                self.mint_token(device_id, client_id, generation))
 
     # ------------------------------------------------------------------ HTTP
 
@@ -160,12 +136,23 @@ class VisionHandler:
         try:
             if not self.enabled:
                 raise _Reject(503, "vision is not configured on this server")
-            self._check_auth(request, device_id)
-            question, image = await self._read_upload(request)
-            mime = image_mime(image)
-            if mime is None:
-                raise _Reject(415, "the file is not a JPEG, PNG, GIF or WebP image")
+            client_id = await self._check_auth(request, device_id)
+            if not self._rate.allow(f"{device_id}|{client_id}"):
+                raise _Reject(429, "too many photos, try again in a minute",
+                              f"more than {self.config.requests_per_minute} uploads per minute")
+            limit = self.config.max_image_bytes + _MAX_QUESTION_BYTES + 64 * 1024
+            if request.content_length is not None and request.content_length > limit:
+                # Declared too large: refused before a byte of the body is read.
+                raise _Reject(413, f"the image is larger than {_size(self.config.max_image_bytes)}")
             async with self._slots:
+                try:
+                    async with asyncio.timeout(self.config.upload_timeout_s):
+                        question, image = await self._read_upload(request)
+                except TimeoutError:
+                    raise _Reject(408, "the upload took too long") from None
+                mime = image_mime(image)
+                if mime is None:
+                    raise _Reject(415, "the file is not a JPEG, PNG, GIF or WebP image")
                 answer = await self._ask(question, image, mime)
         except _Reject as rej:
             log.warning("[vision %s] rejected (%d): %s", who, rej.status, rej.log_reason)
@@ -178,15 +165,21 @@ class VisionHandler:
                  answer[:120], time.monotonic() - t0)
         return _json({"success": True, "action": "RESPONSE", "response": answer})
 
-    def _check_auth(self, request: web.Request, device_id: str) -> None:
-        client_id = request.headers.get("Client-Id", "").strip()
+    async def _check_auth(self, request: web.Request, device_id: str) -> str:
+        client_id = request.headers.get("Client-Id", "").strip()[:64]
         scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         if not device_id or not token:
             raise _Reject(401, "unauthorized", "no Device-Id header or no Bearer token")
-        reason = self.tokens.verify(token, device_id, client_id)
-        if reason is not None:
-            raise _Reject(401, "unauthorized", f"client {client_id or '-'}: {reason}")
+        result = self.tokens.verify_token(token, device_id, client_id)
+        if result.reason is not None:
+            raise _Reject(401, "unauthorized", f"client {client_id!r}: {result.reason}")
+        if result.generation and self.current_generation is not None:
+            # Generation g+1 marks a token of a paired device (0: minted without pairing).
+            current = await self.current_generation(device_id, client_id)
+            if current is None or current + 1 != result.generation:
+                raise _Reject(401, "unauthorized", "device revoked since the token was minted")
+        return client_id
 
     async def _read_upload(self, request: web.Request) -> tuple[str, bytes]:
         if not request.content_type.startswith("multipart/"):
@@ -229,53 +222,11 @@ class VisionHandler:
                 raise _Reject(status, too_big)
         return bytes(buf)
 
-    def _openai(self) -> Any:
-        if self._client is None:
-            from openai import AsyncOpenAI
-
-            self._client = AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key or "none",
-                                       # no retries: the device is waiting, and timeout_s
-                                       # is the whole budget
-                                       timeout=self.config.timeout_s, max_retries=0)
-        return self._client
-
     async def _ask(self, question: str, image: bytes, mime: str) -> str:
-        import openai
-
-        cfg = self.config
-        # A 5 MB image encodes in a few milliseconds: not worth a thread hop.
-        data_uri = f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
-        messages: list[dict[str, Any]] = []
-        if cfg.prompt:
-            messages.append({"role": "system", "content": cfg.prompt})
-        messages.append({"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_uri}},
-            {"type": "text", "text": question},
-        ]})
         try:
-            response = await asyncio.wait_for(self._openai().chat.completions.create(
-                model=cfg.model, messages=messages, max_tokens=cfg.max_tokens), cfg.timeout_s + 2)
-        except (TimeoutError, openai.APITimeoutError):
-            raise _Reject(504, f"the vision model did not answer within {cfg.timeout_s:g} s",
-                          f"model {cfg.model} timed out after {cfg.timeout_s:g} s") from None
-        except openai.APIStatusError as exc:
-            raise _Reject(502, f"the vision model failed (HTTP {exc.status_code})",
-                          f"model {cfg.model} at {cfg.base_url}: HTTP {exc.status_code}: {str(exc)[:200]}") from None
-        except openai.APIError as exc:
-            raise _Reject(502, "the vision model could not be reached",
-                          f"model {cfg.model} at {cfg.base_url}: {type(exc).__name__}: {exc}") from None
-        try:
-            content = response.choices[0].message.content or ""
-        except (AttributeError, IndexError, TypeError):
-            raise _Reject(502, "the vision model returned no answer",
-                          f"unexpected response: {response!r:.200}") from None
-        answer = _THINK.sub("", content).strip()
-        if not answer:
-            raise _Reject(502, "the vision model returned an empty answer")
-        return answer
+            return await self.model.describe(question, image, mime)
+        except VisionFailed as exc:
+            raise _Reject(504 if exc.timed_out else 502, exc.message, exc.detail) from None
 
     async def close(self) -> None:
-        if self._client is not None:
-            close = getattr(self._client, "close", None)
-            if close is not None:
-                await close()
+        await self.model.close()

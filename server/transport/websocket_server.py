@@ -9,6 +9,7 @@ HTTP GET (no upgrade) gets a one-line status text.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 from typing import Any
@@ -18,11 +19,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from server.pairing import Pairing
 from server.protocol import framing
-from server.services import Services
+from server.runtime import Services
 from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
+from server.transport.limits import ConnectionSlots, client_address
 
 log = logging.getLogger("server.ws")
 
@@ -30,14 +33,56 @@ STATUS_TEXT = "xiaozhi voice server is running. Devices connect here over WebSoc
 
 
 class WsEndpoint:
-    def __init__(self, connection: ServerConnection) -> None:
+    """Sends to one device, with back-pressure bounds: a client that stops reading makes our
+    sends wait (websockets waits for the socket to drain); more than `max_pending` sends waiting
+    at once, or one waiting longer than `send_timeout_s`, closes the connection instead of
+    piling up messages in memory."""
+
+    def __init__(self, connection: ServerConnection, max_pending: int = 0, send_timeout_s: float = 0,
+                 on_overflow: Any = None) -> None:
         self.connection = connection
+        self.max_pending = max_pending
+        self.send_timeout_s = send_timeout_s
+        self.pending = 0
+        self._on_overflow = on_overflow
+        self._aborted = False
+
+    async def _send(self, data: str | bytes) -> None:
+        if self._aborted:
+            raise ConnectionError("connection aborted: the client stopped reading")
+        if self.max_pending and self.pending >= self.max_pending:
+            self._abort(f"more than {self.max_pending} messages waiting to be sent")
+            raise ConnectionError("too many pending sends")
+        self.pending += 1
+        try:
+            if self.send_timeout_s:
+                try:
+                    # asyncio.timeout, not wait_for: no extra task per audio frame.
+                    async with asyncio.timeout(self.send_timeout_s):
+                        await self.connection.send(data)
+                except TimeoutError:
+                    self._abort(f"a send waited more than {self.send_timeout_s:g} s")
+                    raise ConnectionError("send timed out") from None
+            else:
+                await self.connection.send(data)
+        finally:
+            self.pending -= 1
+
+    def _abort(self, why: str) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        if self._on_overflow is not None:
+            self._on_overflow(why)
+        transport = getattr(self.connection, "transport", None)
+        if transport is not None:
+            transport.abort()  # a close handshake would wait on the same full buffer
 
     async def send_text(self, text: str) -> None:
-        await self.connection.send(text)
+        await self._send(text)
 
     async def send_binary(self, data: bytes) -> None:
-        await self.connection.send(data)
+        await self._send(data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.connection.close(code, reason)
@@ -63,36 +108,106 @@ def authorization_from(request: Request) -> str:
 
 
 class DeviceServer:
-    def __init__(self, services: Services, auth: TokenAuth) -> None:
+    def __init__(self, services: Services, auth: TokenAuth, pairing: Pairing | None = None) -> None:
         self.services = services
         self.auth = auth
+        self.pairing = pairing
+        cfg = services.config.server
+        self.slots = ConnectionSlots(cfg.limits.max_connections, cfg.limits.max_connections_per_address)
+        self.trusted_proxies = frozenset(cfg.trusted_proxies)
+        self.allowed_origins = frozenset(cfg.allowed_origins)
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, text: str, counter: str) -> Response:
+        self.services.metrics.count(counter)
+        return connection.respond(status, text)
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return connection.respond(http.HTTPStatus.OK, STATUS_TEXT)
         remote = _remote(connection)
+        address = client_address(remote, request.headers, self.trusted_proxies)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.strip().rstrip("/").lower() not in self.allowed_origins:
+            # A web page the user happens to open must not talk to the server as a device.
+            log.warning("rejected a browser connection from %s: origin %r is not in server.allowed_origins",
+                        address, origin[:80])
+            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "origin not allowed\n", "origin_rejected")
+        refusal = self.slots.refusal(address)
+        if refusal is not None:
+            log.warning("rejected a connection: %s", refusal)
+            return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n",
+                                "connections_refused")
         info = device_info_from(request, remote)
         if not info.device_id:
             log.warning("rejected connection from %s: no Device-Id header or device-id query parameter", remote)
             return connection.respond(http.HTTPStatus.BAD_REQUEST,
                                       "Device-Id header (or ?device-id= query parameter) is required\n")
-        reason = self.auth.check(info.device_id, info.client_id, authorization_from(request))
+        result = self.auth.check(info.device_id, info.client_id, authorization_from(request))
+        reason = result.reason
+        if reason is None and self.auth.enabled and self.pairing is not None and not result.allow_listed:
+            current = await self.pairing.current_generation(info.device_id, info.client_id)
+            if current is None:
+                reason = "device is not paired (or was revoked)"
+            elif current != result.generation:
+                reason = "token of an earlier pairing (device was revoked since)"
         if reason is not None:
             log.warning("rejected %s from %s: %s", info.device_id, remote, reason)
             self.services.metrics.count("auth_rejected")
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+        if self.pairing is not None and not result.allow_listed:
+            info.auth_generation = result.generation
         connection.device_info = info  # type: ignore[attr-defined]
+        connection.client_address = address  # type: ignore[attr-defined]
         return None
 
     async def handler(self, connection: ServerConnection) -> None:
         info: DeviceInfo = connection.device_info  # type: ignore[attr-defined]
-        session = Session(self.services, WsEndpoint(connection), info)
+        address: str = connection.client_address  # type: ignore[attr-defined]
+        # Counted for the handler's lifetime (a handshake that fails never gets here, so nothing
+        # leaks); the check before the upgrade keeps almost all excess out, this one all of it.
+        if self.slots.acquire(address) is not None:
+            self.services.metrics.count("connections_refused")
+            await connection.close(1013, "too many connections")
+            return
         try:
-            await session.run(connection)
-        except ConnectionClosed:
-            pass
-        except Exception:  # noqa: BLE001 - one broken session never affects the others
-            log.exception("[%s] session crashed", info.device_id)
+            limits = self.services.config.server.limits
+
+            def overflow(why: str) -> None:
+                self.services.metrics.count("slow_reader_closed")
+                log.warning("[%s] closing: %s (the client is not reading)", info.device_id, why)
+
+            endpoint = WsEndpoint(connection, limits.max_pending_sends, limits.send_timeout_s, overflow)
+            session = Session(self.services, endpoint, info)
+            try:
+                await session.run(connection)
+            except ConnectionClosed:
+                pass
+            except Exception:  # noqa: BLE001 - one broken session never affects the others
+                log.exception("[%s] session crashed", info.device_id)
+        finally:
+            self.slots.release(address)
+
+    async def watch_revocations(self) -> None:
+        """End the open sessions of devices the owner revoked (their new connections are refused
+        at once by the generation check; this closes the ones already open)."""
+        if self.pairing is None or not self.auth.enabled:
+            return
+        every = self.pairing.config.revocation_check_s
+        while True:
+            await asyncio.sleep(every)
+            sessions = [s for s in list(self.services.sessions)
+                        if s.device.device_id.lower() not in self.auth.allowed_devices]
+            if not sessions:
+                continue
+            try:
+                generations = await self.pairing.registry.generations(sorted({s.device.device_id for s in sessions}))
+            except Exception:  # noqa: BLE001 - a registry hiccup: try again next round
+                log.exception("revocation check failed")
+                continue
+            for s in sessions:
+                if generations.get(s.device.device_id) is None:
+                    log.warning("[%s] device revoked: closing its session", s.device.device_id)
+                    await s.close("device revoked")
 
 
 def _remote(connection: Any) -> str:

@@ -19,9 +19,9 @@ from server.providers.base import PCM_RATE, ProviderSettings, Transcript
 from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
-    call_with_retries,
     extra_params,
 )
+from server.providers.retry import call_with_retries, exponential
 
 # Shorter clips are rejected by OpenAI ("audio too short") and carry no words anyway.
 MIN_AUDIO_S = 0.1
@@ -75,7 +75,7 @@ class OpenAIASR(OpenAIClientProvider):
             return Transcript(text="")
         s = self.settings
         wav = write_wav(pcm, sample_rate)  # a header and a copy: microseconds, fine on the loop
-        return await call_with_retries(self.name, s.retries, s.retry_backoff_s, lambda: self._request(wav))
+        return await call_with_retries(self.name, s.retries, exponential(s.retry_backoff_s), lambda: self._request(wav))
 
     async def _request(self, wav: bytes) -> Transcript:
         s = self.settings

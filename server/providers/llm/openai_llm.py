@@ -36,8 +36,8 @@ from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
     extra_params,
-    stream_with_retries,
 )
+from server.providers.retry import exponential, stream_with_retries
 
 log = logging.getLogger("server.providers")
 
@@ -122,7 +122,7 @@ class OpenAILLM(OpenAIClientProvider):
         params = self.request_params(request)
         # aclosing: when the user interrupts, closing this generator closes the HTTP stream now.
         async with contextlib.aclosing(stream_with_retries(
-                self.name, s.retries, s.retry_backoff_s, lambda: self._attempt(params))) as deltas:
+                self.name, s.retries, exponential(s.retry_backoff_s), lambda: self._attempt(params))) as deltas:
             async for delta in deltas:
                 yield delta
 

@@ -313,6 +313,12 @@ class SpeechFilter:
         return text
 
 
+def speakable(text: str) -> str:
+    """A whole (not streamed) answer without its think blocks and text-printed tool calls."""
+    speech = SpeechFilter()
+    return speech.feed(text) + speech.flush()
+
+
 def _looks_like_json_call(head: str) -> bool | None:
     """Does an answer starting with `head` look like a printed tool call? None: cannot tell yet.
     `[` alone is not enough: "[laughs] Sure!" must be spoken at once, not held to the end."""

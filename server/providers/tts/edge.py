@@ -13,6 +13,7 @@ without the user hearing the start twice, so it raises and the turn (or a fallba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field
 
 from server.providers.base import AudioChunk, Provider, ProviderError, ProviderSettings, ProviderUnavailable
+from server.providers.retry import stream_with_retries
 
 log = logging.getLogger("server.providers")
 
@@ -129,20 +131,12 @@ class EdgeTTS(Provider):
         if not any(ch.isalnum() for ch in text):
             # Only punctuation or emoji: the service answers with no audio (NoAudioReceived).
             return
-        attempt = 0
-        while True:
-            started = False
-            try:
-                async for chunk in self._stream_once(text):
-                    started = True
-                    yield chunk
-                return
-            except ProviderError as exc:
-                if started or not exc.retryable or attempt >= self.settings.retries:
-                    raise
-                attempt += 1
-                log.info("%s: %s; retrying (%d/%d)", self.name, exc, attempt, self.settings.retries)
-                await asyncio.sleep(min(0.2 * attempt, 1.0))
+        # A short linear backoff: the service's failures are brief (a dropped WebSocket).
+        async with contextlib.aclosing(stream_with_retries(
+                self.name, self.settings.retries, lambda n, _exc: min(0.2 * n, 1.0),
+                lambda: self._stream_once(text))) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _stream_once(self, text: str) -> AsyncIterator[AudioChunk]:
         from server.audio.mp3 import Mp3StreamDecoder

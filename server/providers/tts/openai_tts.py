@@ -29,8 +29,8 @@ from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
     extra_params,
-    stream_with_retries,
 )
+from server.providers.retry import exponential, stream_with_retries
 
 log = logging.getLogger("server.providers")
 
@@ -273,7 +273,7 @@ class OpenAITTS(OpenAIClientProvider):
         s = self.settings
         # aclosing: when the user interrupts, closing this generator closes the HTTP stream now.
         async with contextlib.aclosing(stream_with_retries(
-                self.name, s.retries, s.retry_backoff_s, lambda: self._attempt(text))) as chunks:
+                self.name, s.retries, exponential(s.retry_backoff_s), lambda: self._attempt(text))) as chunks:
             async for chunk in chunks:
                 yield chunk
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from server.config.errors import one_line
+
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
 
@@ -79,7 +81,5 @@ def parse_mcp_servers(raw: Mapping[str, Any] | None) -> dict[str, McpServerConfi
         try:
             out[name] = McpServerConfig.model_validate(dict(section))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
-                                 for e in exc.errors())
-            raise ValueError(f"mcp_servers.{name}: {problems}") from None
+            raise ValueError(one_line(exc, f"mcp_servers.{name}")) from None
     return out

@@ -1,34 +1,34 @@
-"""Handling of frames received from the server, as the firmware would handle them.
+"""The firmware's side of a session: how it reacts to every frame the server sends.
 
 Firmware references: WebsocketProtocol::OnData / ParseServerHello (websocket_protocol.cc) and
-Application::InitializeProtocol's OnIncomingJson / OnIncomingAudio (application.cc).
-Split out of device.py to keep modules small; SimDevice is the only user.
+Application::InitializeProtocol's OnIncomingJson / OnIncomingAudio (application.cc). `Firmware`
+holds what the device learnt from the server (session id, audio parameters), what it received
+(`events`), what it found wrong (`violations`, `warnings`), its MCP server and its audio state
+machine (state.py). It owns no socket: SimDevice feeds it frames and gives it a `send_text`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from typing import Any
 
 from harness.devsim.codec import opus_packet_duration_ms
+from harness.devsim.config import DeviceConfig
 from harness.devsim.events import DeviceEvent
-from server.audio.opus import OpusDecoder
+from harness.devsim.mcp_device import DeviceMcpServer
+from harness.devsim.state import AudioStateMachine, Clock, ListenMode
 from server.protocol import FramingError, ProtocolError, decode_message, unpack
-
-if TYPE_CHECKING:
-    from harness.devsim.device import SimDevice
 
 log = logging.getLogger(__name__)
 
 OPUS_DECODE_RATES = (8000, 12000, 16000, 24000, 48000)
 _FRAME_DURATIONS = (10, 20, 40, 60, 80, 100, 120)
 _INT_MAX = 2**31 - 1
+SendText = Callable[[str], Awaitable[float]]
 
 
 def _number(value: Any) -> int | None:
@@ -38,37 +38,89 @@ def _number(value: Any) -> int | None:
     return max(-_INT_MAX - 1, min(_INT_MAX, int(value)))
 
 
-class ReceiveMixin:
-    async def _receive_loop(self: SimDevice, ws: ClientConnection) -> None:
-        try:
-            async for data in ws:
-                t = time.monotonic()
-                try:
-                    if isinstance(data, str):
-                        await self._on_text(t, data)
-                    else:
-                        self._on_binary(t, data)
-                except Exception as exc:  # our bug, not the server's: record it, keep receiving
-                    log.exception("devsim failed to handle a frame")
-                    self.internal_errors.append(f"error handling a frame: {exc!r}")
-                self._notify()
-        except ConnectionClosed:
-            pass
-        except Exception as exc:
-            self.internal_errors.append(f"receive loop ended: {exc!r}")
-        finally:
-            self.events.append(DeviceEvent(time.monotonic(), "close", close_code=ws.close_code,
-                                           close_reason=ws.close_reason))
-            self.closed = True
-            self._state, self._mic_on = "idle", False
-            if self._hello_event is not None:
-                self._hello_event.set()  # wake connect(); it sees server_hello is None
-            self._notify()
+class Firmware:
+    """One device's firmware, as far as the server can observe it."""
 
-    async def _on_text(self: SimDevice, t: float, text: str) -> None:
+    def __init__(self, config: DeviceConfig, mcp: DeviceMcpServer, send_text: SendText, *,
+                 clock: Clock = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.config = config
+        self.mcp = mcp
+        self.clock = clock
+        self._send_text = send_text
+        # session (what the server hello set)
+        self.protocol_version = 1
+        self.session_id = ""
+        self.server_hello: dict[str, Any] | None = None
+        self.hello_received_at: float | None = None
+        self.hello_arrived: asyncio.Event | None = None
+        self.channel_open = False
+        self.downlink_sample_rate = 24000  # Protocol::server_sample_rate_ default
+        self.downlink_frame_duration = 60
+        # records
+        self.events: list[DeviceEvent] = []
+        self.violations: list[str] = []
+        self.warnings: list[str] = []
+        self.internal_errors: list[str] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.reboot_requested = False
+        self.dropped_not_speaking = 0
+        self.malformed_frames = 0
+        self.audio = AudioStateMachine(
+            self._send_listen_start, clock=clock, sleep=sleep, state_change_delay_ms=config.state_change_delay_ms,
+            auto_relisten=config.auto_relisten, decode_queue_capacity=config.decode_queue_capacity,
+            decode_rate=self.decode_sample_rate)
+
+    @property
+    def decode_sample_rate(self) -> int:
+        # py-xiaozhi decodes at its configured 24 kHz whatever the server hello says.
+        return 24000 if self.config.py_xiaozhi else self.downlink_sample_rate
+
+    def message(self, fields: dict[str, Any]) -> str:
+        """A message as the firmware writes it: Protocol::Send* concatenate
+        {"session_id":"...","type":...} in this order."""
+        return json.dumps({"session_id": self.session_id, **fields}, ensure_ascii=False, separators=(",", ":"))
+
+    async def _send_listen_start(self, mode: ListenMode) -> bool:
+        try:
+            await self._send_text(self.message({"type": "listen", "state": "start", "mode": mode}))
+        except Exception as exc:  # the socket may have gone meanwhile
+            self.internal_errors.append(f"relisten failed: {exc!r}")
+            return False
+        return True
+
+    # -------------------------------------------------------------- channel
+
+    def channel_opening(self, protocol_version: int) -> None:
+        """A new channel: the firmware keeps the old session_id until a hello replaces it."""
+        self.protocol_version = protocol_version
+        self.channel_open = True
+        self.hello_arrived = asyncio.Event()
+        self.server_hello = None
+        self.audio.reset()
+
+    def channel_closed(self, close_code: int | None, close_reason: str | None) -> None:
+        self.events.append(DeviceEvent(self.clock(), "close", close_code=close_code, close_reason=close_reason))
+        self.channel_open = False
+        self.audio.closed()
+        if self.hello_arrived is not None:
+            self.hello_arrived.set()  # wakes connect(); it sees server_hello is None
+
+    async def on_frame(self, data: str | bytes) -> None:
+        """One frame from the server. Never raises: a bug here is recorded, not thrown."""
+        t = self.clock()
+        try:
+            if isinstance(data, str):
+                await self.on_text(t, data)
+            else:
+                self.on_binary(t, data)
+        except Exception as exc:  # our bug, not the server's: record it, keep receiving
+            log.exception("devsim failed to handle a frame")
+            self.internal_errors.append(f"error handling a frame: {exc!r}")
+
+    async def on_text(self, t: float, text: str) -> None:
         event = DeviceEvent(t, "text", raw=text)
         self.events.append(event)
-        self._advance(t)
+        self.audio.advance(t)
         try:
             obj = json.loads(text)
         except ValueError:
@@ -98,7 +150,7 @@ class ReceiveMixin:
 
     # -------------------------------------------------------------- per type
 
-    async def _on_hello(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_hello(self, t: float, obj: dict[str, Any]) -> None:
         transport = obj.get("transport")
         if not isinstance(transport, str):
             # ParseServerHello does strcmp(transport->valuestring, ...) unchecked.
@@ -139,50 +191,45 @@ class ReceiveMixin:
             self.warnings.append("second server hello in one session (the firmware re-parses it)")
         self.server_hello = obj
         self.hello_received_at = t
-        if self._state == "speaking":
-            self._decoder = OpusDecoder(self.decode_sample_rate)
-        if self._hello_event is not None:
-            self._hello_event.set()
+        self.audio.new_audio_params(self.decode_sample_rate)
+        if self.hello_arrived is not None:
+            self.hello_arrived.set()
 
-    async def _on_tts(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_tts(self, t: float, obj: dict[str, Any]) -> None:
         state = obj.get("state")
         if not isinstance(state, str):
             self.violations.append("tts message without a string 'state' (ignored by the firmware)")
             return
         if state == "start":
-            self._schedule(t, lambda when: self._set_state("speaking", when))
+            self.audio.tts_start(t)
         elif state == "stop":
-            def stop(when: float) -> None:
-                # Only meaningful while speaking: manual mode goes idle, the others listen again.
-                if self._state == "speaking":
-                    self._set_state("idle" if self.listening_mode == "manual" else "listening", when)
-            self._schedule(t, stop)
+            self.audio.tts_stop(t)
         elif state == "sentence_start":
             if not isinstance(obj.get("text"), str):
                 self.violations.append("tts sentence_start without a string 'text' (ignored by the firmware)")
         else:
             self.warnings.append(f"tts state {state!r} is ignored by the firmware")
 
-    async def _on_stt(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_stt(self, t: float, obj: dict[str, Any]) -> None:
         if not isinstance(obj.get("text"), str):
             self.violations.append("stt message without a string 'text' (ignored by the firmware)")
 
-    async def _on_llm(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_llm(self, t: float, obj: dict[str, Any]) -> None:
         if not isinstance(obj.get("emotion"), str):
             self.violations.append("llm message without a string 'emotion' (ignored by the firmware)")
 
-    async def _on_mcp(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_mcp(self, t: float, obj: dict[str, Any]) -> None:
         payload = obj.get("payload")
         if not isinstance(payload, dict):
             self.violations.append("mcp message without an object 'payload' (ignored by the firmware)")
             return
         reply = self.mcp.handle(payload, t)
-        if reply is not None and not self.closed:
+        if reply is not None and self.channel_open:
             # Protocol::SendMcpMessage wraps the hand-built JSON-RPC text verbatim.
             await self._send_text('{"session_id":' + json.dumps(self.session_id, ensure_ascii=False)
                                   + ',"type":"mcp","payload":' + reply + "}")
 
-    async def _on_system(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_system(self, t: float, obj: dict[str, Any]) -> None:
         command = obj.get("command")
         if command == "reboot":
             self.reboot_requested = True  # the firmware would close the channel and restart
@@ -191,22 +238,21 @@ class ReceiveMixin:
         else:
             self.violations.append("system message without a string 'command'")
 
-    async def _on_alert(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_alert(self, t: float, obj: dict[str, Any]) -> None:
         if all(isinstance(obj.get(k), str) for k in ("status", "message", "emotion")):
             self.alerts.append(obj)
         else:
             self.violations.append("alert needs string status, message and emotion (ignored by the firmware)")
 
-    async def _on_ignored(self: SimDevice, t: float, obj: dict[str, Any]) -> None:
+    async def _on_ignored(self, t: float, obj: dict[str, Any]) -> None:
         # custom: only with CONFIG_RECEIVE_CUSTOM_MESSAGE (off by default); goodbye: MQTT only.
         self.warnings.append(f"{obj.get('type')} message is ignored by a default WebSocket firmware build")
 
     # -------------------------------------------------------------- audio
 
-    def _on_binary(self: SimDevice, t: float, data: bytes) -> None:
+    def on_binary(self, t: float, data: bytes) -> None:
         event = DeviceEvent(t, "binary", raw=data)
         self.events.append(event)
-        self._advance(t)
         try:
             frame = unpack(self.protocol_version, data)
         except FramingError as exc:
@@ -215,7 +261,7 @@ class ReceiveMixin:
             self.violations.append(f"binary frame does not match framing v{self.protocol_version}: {exc}")
             return
         event.payload, event.timestamp = frame.payload, frame.timestamp
-        if self._state != "speaking":
+        if not self.audio.speaking_now(t):
             # OnIncomingAudio pushes to the decode queue only in the speaking state.
             self.dropped_not_speaking += 1
             event.drop_reason = "not_speaking"
@@ -231,29 +277,27 @@ class ReceiveMixin:
             self.violations.append(
                 f"downlink Opus packet of {duration:g} ms is longer than the declared frame_duration "
                 f"{self.downlink_frame_duration} ms (the firmware's decode buffer is sized from it)")
-        accepted = self.playback.push(t, duration / 1000)
-        event.queue_depth = self.playback.depth(t)
+        accepted = self.audio.playback.push(t, duration / 1000)
+        event.queue_depth = self.audio.playback.depth(t)
         if not accepted:
             event.drop_reason = "overflow"
             return
         event.accepted = True
-        if self._decoder is None:
-            self._decoder = OpusDecoder(self.decode_sample_rate)
         try:
-            event.pcm = self._decoder.decode(frame.payload)
+            event.pcm = self.audio.decode(frame.payload)
         except ValueError as exc:
             self.violations.append(f"undecodable downlink Opus packet: {exc}")
 
 
-_Handler = Callable[["SimDevice", float, dict[str, Any]], Awaitable[None]]
+_Handler = Callable[[Firmware, float, dict[str, Any]], Awaitable[None]]
 _TEXT_HANDLERS: dict[str, _Handler] = {
-    "hello": ReceiveMixin._on_hello,
-    "tts": ReceiveMixin._on_tts,
-    "stt": ReceiveMixin._on_stt,
-    "llm": ReceiveMixin._on_llm,
-    "mcp": ReceiveMixin._on_mcp,
-    "system": ReceiveMixin._on_system,
-    "alert": ReceiveMixin._on_alert,
-    "custom": ReceiveMixin._on_ignored,
-    "goodbye": ReceiveMixin._on_ignored,
+    "hello": Firmware._on_hello,
+    "tts": Firmware._on_tts,
+    "stt": Firmware._on_stt,
+    "llm": Firmware._on_llm,
+    "mcp": Firmware._on_mcp,
+    "system": Firmware._on_system,
+    "alert": Firmware._on_alert,
+    "custom": Firmware._on_ignored,
+    "goodbye": Firmware._on_ignored,
 }

@@ -1,4 +1,4 @@
-"""External MCP servers, connected once per process and shared by every session.
+"""One external MCP server, connected once per process and shared by every session.
 
 The reference server spawns its MCP clients per connection (a new npx process per device
 connect); here each configured server gets one long-lived runner task that owns the SDK's
@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.mcp_ext.config import McpServerConfig
-from server.tools.base import ToolContext, ToolResult, ToolSpec, object_schema
+from server.tools.base import ToolResult, ToolSpec, object_schema
+from server.tools.mcp_result import mcp_tool_result
+from server.tools.remote_mcp.config import McpServerConfig
+from server.tools.remote_mcp.stderr import StderrPipe
 
 if TYPE_CHECKING:  # the SDK is imported only when a server is actually started
     from mcp import ClientSession
@@ -33,7 +31,6 @@ log = logging.getLogger("server.mcp")
 CLIENT_NAME = "xiaozhi-voice-server"
 CLIENT_VERSION = "0.1.0"
 MAX_LIST_PAGES = 100
-STDERR_TAIL_LINES = 15
 # A server that stayed up this long is considered healthy again: the next failure restarts it
 # after the initial delay instead of the last (long) one.
 HEALTHY_AFTER_S = 60.0
@@ -61,70 +58,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _StderrPipe:
-    """The stdio server's stderr, read without blocking the loop: each line goes to our log
-    (debug, named after the server) and the last few are kept to explain a failure."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        read_fd, write_fd = os.pipe()
-        self.write_end = os.fdopen(write_fd, "w")  # handed to the child as its stderr
-        self._read_end = os.fdopen(read_fd, "rb", buffering=0)
-        self.tail: deque[tuple[float, str]] = deque(maxlen=STDERR_TAIL_LINES)
-        self._task: asyncio.Task[None] | None = None
-        self._transport: asyncio.ReadTransport | None = None
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        self._transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                          self._read_end)
-        self._task = asyncio.create_task(self._pump(reader), name=f"mcp-stderr-{self.server}")
-
-    def close_write_end(self) -> None:
-        # Once the child has its copy, ours must go, or the pipe never reports EOF.
-        with contextlib.suppress(OSError):
-            self.write_end.close()
-
-    async def _pump(self, reader: asyncio.StreamReader) -> None:
-        pending = b""
-        while chunk := await reader.read(4096):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()[-4096:]
-            for raw in lines:
-                self._line(raw)
-        if pending:
-            self._line(pending)
-
-    def _line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace").rstrip()
-        if line:
-            self.tail.append((time.monotonic(), line[:300]))
-            log.debug("[mcp %s] stderr: %s", self.server, line)
-
-    def explain(self, since: float = 0.0) -> str:
-        """The last lines written at or after `since` (monotonic), for an error message."""
-        lines = [line for t, line in self.tail if t >= since][-5:]
-        return (" | stderr: " + " / ".join(lines)) if lines else ""
-
-    async def close(self) -> None:
-        self.close_write_end()
-        if self._task is not None:
-            # Let the last lines in (they often say why the server died), then stop.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), 0.2)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._transport is not None:
-            self._transport.close()
-        else:
-            with contextlib.suppress(OSError):
-                self._read_end.close()
-
-
 @dataclass(slots=True)
-class _ToolEntry:
+class ToolEntry:
     server: str
     tool: str  # the server's own name
     spec: ToolSpec  # under the prefixed name
@@ -141,7 +76,7 @@ class McpServerRunner:
         self.backoff_max_s = backoff_max_s
         self.state: State = "starting"
         self.session: ClientSession | None = None
-        self.tools: list[_ToolEntry] = []
+        self.tools: list[ToolEntry] = []
         self.last_error = ""
         self.attempts = 0  # connection attempts so far (1 = the first start)
         self.connected_count = 0
@@ -244,10 +179,10 @@ class McpServerRunner:
         if self._stop.is_set():
             return
         cfg = self.config
-        stderr: _StderrPipe | None = None
+        stderr: StderrPipe | None = None
         async with contextlib.AsyncExitStack() as stack:
             if cfg.transport == "stdio":
-                stderr = _StderrPipe(self.name)
+                stderr = StderrPipe(self.name)
                 stack.push_async_callback(stderr.close)
                 await stderr.start()
                 read, write = await stack.enter_async_context(self._stdio(stderr))
@@ -299,14 +234,14 @@ class McpServerRunner:
                 raise ServerLost(str(exc) + await self._stderr_tail(stderr, since)) from None
 
     @staticmethod
-    async def _stderr_tail(stderr: _StderrPipe | None, since: float = 0.0) -> str:
+    async def _stderr_tail(stderr: StderrPipe | None, since: float = 0.0) -> str:
         """The server's last stderr lines, which usually say why it failed (a traceback)."""
         if stderr is None:
             return ""
         await asyncio.sleep(0.1)  # let the pipe reader catch up with a process that just died
         return stderr.explain(since)
 
-    def _stdio(self, stderr: _StderrPipe) -> Any:
+    def _stdio(self, stderr: StderrPipe) -> Any:
         from mcp import StdioServerParameters, stdio_client
 
         cfg = self.config
@@ -392,13 +327,13 @@ class McpServerRunner:
         except Exception as exc:  # noqa: BLE001 - no answer at all: the server is gone or hung
             raise ServerLost(f"ping failed: {_describe(exc)}") from None
 
-    async def _list(self, session: ClientSession) -> list[_ToolEntry]:
+    async def _list(self, session: ClientSession) -> list[ToolEntry]:
         from mcp.types import PaginatedRequestParams
 
         cfg = self.config
         prefix = cfg.prefix_for(self.name)
         wanted = set(cfg.tools)
-        entries: list[_ToolEntry] = []
+        entries: list[ToolEntry] = []
         cursor: str | None = None
         seen: set[str] = set()
         for _ in range(MAX_LIST_PAGES):
@@ -407,7 +342,7 @@ class McpServerRunner:
                 if wanted and tool.name not in wanted:
                     continue
                 description = tool.description or tool.title or tool.name
-                entries.append(_ToolEntry(self.name, tool.name, ToolSpec(
+                entries.append(ToolEntry(self.name, tool.name, ToolSpec(
                     name=f"{prefix}{tool.name}", description=description,
                     parameters=object_schema(tool.input_schema),
                     # a little longer than our own wait, so our message (naming the server) wins
@@ -453,110 +388,4 @@ class McpServerRunner:
         except Exception as exc:  # noqa: BLE001 - e.g. a result that does not validate
             log.warning("[mcp %s] tool %s failed: %s", self.name, tool, _describe(exc))
             return ToolResult.error(f"the MCP server {self.name!r} failed: {_describe(exc)}")
-        return _tool_result(result)
-
-
-
-
-def _tool_result(result: Any) -> ToolResult:
-    parts: list[str] = []
-    for item in getattr(result, "content", None) or []:
-        kind = getattr(item, "type", "")
-        if kind == "text":
-            parts.append(item.text)
-        elif kind == "image":
-            parts.append(f"[image {getattr(item, 'mime_type', '')} omitted]")
-        elif kind == "audio":
-            parts.append("[audio omitted]")
-        elif kind == "resource":
-            resource = getattr(item, "resource", None)
-            text = getattr(resource, "text", None)
-            parts.append(text if isinstance(text, str) else f"[resource {getattr(resource, 'uri', '')}]")
-        elif kind == "resource_link":
-            parts.append(f"[link {getattr(item, 'uri', '')}]")
-    structured = getattr(result, "structured_content", None)
-    if not parts and structured is not None:
-        parts.append(json.dumps(structured, ensure_ascii=False))
-    text = "\n".join(parts)
-    if getattr(result, "is_error", False):
-        return ToolResult.error(text or "the tool failed")
-    return ToolResult(text=text)
-
-
-class ExternalMcpManager:
-    """Every configured server's tools as one ToolSource (name "mcp"), shared by all sessions."""
-
-    name = "mcp"
-
-    def __init__(self, configs: Mapping[str, McpServerConfig], *, backoff_initial_s: float = 1.0,
-                 backoff_max_s: float = 300.0) -> None:
-        self.runners: dict[str, McpServerRunner] = {
-            name: McpServerRunner(name, cfg, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s)
-            for name, cfg in configs.items() if cfg.enabled
-        }
-        for name, cfg in configs.items():
-            if not cfg.enabled:
-                log.info("[mcp %s] disabled in config", name)
-        self._started = False
-
-    @property
-    def servers(self) -> Iterable[str]:
-        return self.runners.keys()
-
-    async def start(self, wait_s: float = 15.0) -> None:
-        """Start every server concurrently and wait up to `wait_s` for their first attempts, so
-        the first sessions usually see every tool. A server still connecting after that keeps
-        going in the background (its tools appear when it is ready); one that fails is logged
-        with its name and cause and retried with backoff. Never raises for a server's sake."""
-        if self._started:
-            return
-        self._started = True
-        if not self.runners:
-            return
-        for runner in self.runners.values():
-            runner.start()
-        waits = [r.first_attempt_done.wait() for r in self.runners.values()]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), wait_s)
-        ready = [n for n, r in self.runners.items() if r.state == "ready"]
-        pending = [n for n, r in self.runners.items() if not r.first_attempt_done.is_set()]
-        log.info("MCP servers ready: %d of %d (%s)%s", len(ready), len(self.runners), ", ".join(ready) or "none",
-                 f"; still connecting: {', '.join(pending)}" if pending else "")
-
-    async def close(self) -> None:
-        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
-
-    async def wait_ready(self, server: str, timeout: float) -> bool:
-        """For tests and health checks: wait until `server` is connected."""
-        try:
-            await asyncio.wait_for(self.runners[server].ready_event.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        """Per server: state, tool count, last error (for /health)."""
-        return {n: {"state": r.state, "tools": len(r.tools), "restarts": max(0, r.attempts - 1),
-                    "error": r.last_error} for n, r in self.runners.items()}
-
-    # ------------------------------------------------------------------ ToolSource
-
-    def _entries(self) -> dict[str, _ToolEntry]:
-        entries: dict[str, _ToolEntry] = {}
-        for runner in self.runners.values():
-            for entry in runner.tools:
-                if entry.spec.name in entries:
-                    continue  # a clash (e.g. tool_prefix ""): the first server keeps the name
-                entries[entry.spec.name] = entry
-        return entries
-
-    def specs(self) -> list[ToolSpec]:
-        # Tools of a server that is down stay listed: a call explains that it is restarting,
-        # which is better for the user than the LLM believing the ability never existed.
-        return [e.spec for e in self._entries().values()]
-
-    async def call(self, ctx: ToolContext, name: str, arguments: dict[str, Any]) -> ToolResult:
-        entry = self._entries().get(name)
-        if entry is None:
-            return ToolResult.error(f"no MCP tool named {name!r}")
-        return await self.runners[entry.server].call(entry.tool, arguments)
+        return mcp_tool_result(result)

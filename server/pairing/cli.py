@@ -1,0 +1,86 @@
+"""`python -m server devices pair CODE | list | revoke ID`: the owner's side of pairing.
+
+It opens the same registry file as the running server (SQLite in WAL mode), so it works while
+the server runs: a paired device's next activation poll gets 200, a revoked device's tokens are
+refused from its next connection, and its open session ends within a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import sys
+import time
+from pathlib import Path
+
+from server.pairing.config import PairingConfig
+from server.pairing.service import Pairing
+from server.pairing.sqlite_registry import SqliteDeviceRegistry
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("devices", help="pair, list and revoke devices (server.auth pairing)")
+    actions = p.add_subparsers(dest="action", required=True)
+    pair = actions.add_parser("pair", help="confirm the 6-digit code a device shows")
+    pair.add_argument("code")
+    pair.add_argument("--owner", default="", help="who paired it (default: your login name)")
+    actions.add_parser("list", help="paired and revoked devices, and codes waiting for you")
+    revoke = actions.add_parser("revoke", help="unpair a device: its tokens stop working at once")
+    revoke.add_argument("device_id")
+
+
+async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -> int:
+    registry = SqliteDeviceRegistry(data_dir / config.db)
+    await registry.open()
+    pairing = Pairing(registry, config)
+    try:
+        if args.action == "pair":
+            owner = args.owner or getpass.getuser()
+            record = await pairing.confirm(args.code, owner=owner)
+            if record is None:
+                print(f"no device is waiting with code {args.code!r} (wrong, or expired: the device shows a new "
+                      "code after a restart)", file=sys.stderr)
+                return 1
+            print(f"paired {record.device_id} (board {record.board or '?'}, firmware {record.firmware or '?'}, "
+                  f"client {record.client_id or '-'}); it finishes activation within a few seconds")
+            return 0
+        if args.action == "revoke":
+            record = await registry.revoke(args.device_id.strip().lower())
+            if record is None:
+                print(f"no device {args.device_id!r} in the registry (see: devices list)", file=sys.stderr)
+                return 1
+            print(f"revoked {record.device_id}: its tokens no longer work; it must be paired again")
+            return 0
+        devices = await registry.list_devices()
+        pending = await registry.list_pending(time.time())
+        if not devices and not pending:
+            print("no devices yet: with server.auth.enabled a new device shows a 6-digit code; confirm it with "
+                  "`python -m server devices pair CODE`")
+            return 0
+        if devices:
+            print(f"{'device id':<20} {'status':<8} {'board':<22} {'firmware':<10} {'paired':<17} "
+                  f"{'last seen':<17} owner")
+            for d in devices:
+                print(f"{d.device_id:<20} {'paired' if d.paired else 'revoked':<8} {d.board[:22]:<22} "
+                      f"{d.firmware[:10]:<10} {_when(d.paired_at):<17} {_when(d.last_seen):<17} {d.owner}")
+        if pending:
+            print("\nwaiting for pairing:")
+            for p in pending:
+                left = max(0, int(p.expires - time.time()))
+                print(f"  {p.device_id:<20} board {p.board or '?'} from {p.address}, code expires in {left} s "
+                      "(the code is shown on the device)")
+        return 0
+    finally:
+        await registry.close()
+
+
+def main(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -> int:
+    return asyncio.run(run(args, data_dir, config))
