@@ -17,6 +17,7 @@ from server.pairing.registry import CodeTaken, PendingCode
 from server.state import open_state
 from server.state.config import StateConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 MAC = "02:00:00:00:00:01"
 CLIENT = "2f1c3a9e-1b2c-4d5e-8f90-123456789abc"
 
@@ -99,3 +100,35 @@ async def test_a_code_minted_on_one_process_is_claimed_once_across_processes(pg_
     finally:
         for s in states:
             await s.close()
+
+
+async def test_devices_cli_pairs_in_the_shared_registry(pg_cluster: Any, tmp_path: Path) -> None:
+    """`python -m server devices pair CODE` on a fleet config confirms a code any process minted."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from server.state.pg_registry import PgDeviceRegistry
+
+    url = await pg_cluster.new_database()
+    state = await open_state(StateConfig(url=url), None)
+    try:
+        reg = PgDeviceRegistry(state.extras["pg_pool"])
+        await reg.open()
+        minted = await Pairing(reg, PairingConfig()).on_ota(device_id=MAC, client_id=CLIENT, board="b",
+                                                             firmware="1", address="a")
+        override = tmp_path / "fleet.yaml"
+        override.write_text(yaml.safe_dump({
+            "data_dir": str(tmp_path / "data"), "state": {"url": url},
+            "server": {"websocket_url": "ws://lb/xiaozhi/v1/", "auth": {"enabled": True, "secret": "s"}}}))
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "server", "--config", str(override), "devices", "pair",
+                             minted.activation["code"], "--owner", "ops"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        record = await reg.get(MAC)
+        assert record is not None and record.paired and record.owner == "ops"
+        assert not (tmp_path / "data" / "devices.sqlite3").exists(), "nothing went to a local SQLite file"
+    finally:
+        await state.close()
