@@ -32,6 +32,8 @@ modes (combine freely; with none given: --components and --e2e, or only --e2e wi
   --ramp         add devices until p95 first-reply latency passes --threshold-ms
   --idle N       server RSS and CPU with 0, 1 and N connected devices nobody talks to
   --compare A B  ratios between two saved reports (nothing is measured)
+  --xiaomi N     the Xiaomi bridge against the fake Xiaomi cloud: RSS/CPU with 0, 1 and N speakers
+                 polling, and query-visible -> first speak command latency (alone, not combined)
 
 fake providers (the tester starts the server and points it at fakes running in this process):
   --fake-llm     LLM: the test suite's fake OpenAI server, --fake-ttft-ms to the first token,
@@ -51,6 +53,7 @@ examples:
   python performance_tester.py --fake-llm --fake-edge --fake-tools
   python performance_tester.py --url ws://127.0.0.1:8000/xiaozhi/v1/ --http-url http://127.0.0.1:8003
   python performance_tester.py --compare data/bench/old.json data/bench/new.json
+  python performance_tester.py --xiaomi 20              # Xiaomi bridge: 1 and 20 speakers
 
 exit status: 0 ok; 1 something failed (see the report); 2 bad usage, config or target;
 130 interrupted (what was measured is still reported and saved).
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="abuse soak: --abuse-clients abusive clients for --abuse-seconds while --good-devices "
                         "good devices talk; their latency vs a clean run, and the server's RSS (starts its own server)")
     m.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print new/old ratios of two JSON reports")
+    m.add_argument("--xiaomi", type=int, metavar="N",
+                   help="Xiaomi bridge against the fake cloud with 1 and N speakers (uses --fake-ttft-ms, "
+                        "--fake-tokens-per-s, --idle-settle, --prompts as rounds, --out)")
+    m.add_argument("--xiaomi-poll-s", type=float, default=1.0, metavar="S",
+                   help="--xiaomi: the bridge's poll interval (default 1.0, as config.yaml)")
 
     c = p.add_argument_group("configuration and target")
     c.add_argument("--config", metavar="FILE",
@@ -237,10 +245,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.compare:
         return compare_main(*args.compare)
+    if args.xiaomi is not None:
+        return xiaomi_main(args)
     try:
         return asyncio.run(run_main(args, list(sys.argv if argv is None else ["performance_tester.py", *argv])))
     except KeyboardInterrupt:  # a second Ctrl-C while the report was being written
         print("interrupted", file=sys.stderr)
+        return 130
+
+
+def xiaomi_main(args: argparse.Namespace) -> int:
+    from bench.xiaomi import XiaomiOptions
+    from bench.xiaomi import xiaomi_main as run
+
+    if args.xiaomi < 1:
+        print("error: --xiaomi must be at least 1", file=sys.stderr)
+        return 2
+    opts = XiaomiOptions(speakers=args.xiaomi, rounds=args.prompts, settle_s=args.idle_settle,
+                         poll_interval_s=args.xiaomi_poll_s, ttft_ms=args.fake_ttft_ms,
+                         tokens_per_s=args.fake_tokens_per_s, server_log=args.server_log)
+    try:
+        return run(opts, Path(args.out) if args.out else None, Console(quiet=args.quiet))
+    except KeyboardInterrupt:
         return 130
 
 

@@ -95,10 +95,13 @@ class RunningServer:
     http_port: int
     pairing: Pairing | None = None
     background: list[asyncio.Task[None]] | None = None
+    xiaomi: Any = None  # the Xiaomi speaker bridge (server/xiaomi/), when enabled
 
     async def close(self) -> None:
         for task in self.background or []:
             task.cancel()
+        if self.xiaomi is not None:
+            await self.xiaomi.close()
         self.ws.close()
         for session in list(self.services.sessions):
             await session.close("server shutting down")
@@ -108,6 +111,17 @@ class RunningServer:
         await self.services.close()
         if self.pairing is not None:
             await self.pairing.registry.close()
+
+
+def _xiaomi_bridge(services: Any, http_app: web.Application) -> Any:
+    """The XiaoAi speaker bridge (None unless xiaomi.enabled); its reply-audio route goes on our
+    HTTP port before that starts."""
+    from server.xiaomi.bridge import create_bridge
+
+    bridge = create_bridge(services)
+    if bridge is not None:
+        bridge.audio_store.add_routes(http_app)
+    return bridge
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +151,9 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
                      compression=None, max_size=cfg.max_message_bytes, ping_interval=None,
                      open_timeout=10, close_timeout=2, logger=logging.getLogger("websockets"))
     api = HttpApi(services, auth, pairing=pairing)
-    runner = web.AppRunner(api.app(), access_log=None)
+    http_app = api.app()
+    xiaomi = _xiaomi_bridge(services, http_app)
+    runner = web.AppRunner(http_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.http_port)
     await site.start()
@@ -146,7 +162,9 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
     services.ports = ListeningPorts(ws_port, http_port)
     watcher = asyncio.create_task(devices.watch_revocations(), name="revocations")
-    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher])
+    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher], xiaomi)
+    if xiaomi is not None:
+        xiaomi.start(http_port=http_port)
     for warning in security_warnings(config):
         log.warning(warning)
     log.info("ready in %.1f s: WebSocket ws://%s:%d%s, OTA http://%s:%d/xiaozhi/ota/ (auth %s)",

@@ -19,6 +19,7 @@ from server.pairing.config import PairingConfig
 from server.providers.base import ProviderSettings
 from server.state.config import StateConfig
 from server.tools.remote_mcp.config import McpServerConfig
+from server.xiaomi.config import XiaomiConfig
 
 
 class Strict(BaseModel):
@@ -206,6 +207,8 @@ class AppConfig(Strict):
     # Where memory, leases and presence live: embedded SQLite (default) or a shared PostgreSQL.
     state: StateConfig = Field(default_factory=StateConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    # XiaoAi speakers through the Xiaomi cloud (server/xiaomi/).
+    xiaomi: XiaomiConfig = Field(default_factory=XiaomiConfig)
     data_dir: str = "data"
     models_dir: str = "models"
     # Provider sections: in config.yaml a mapping with `type` plus that provider's own keys (or a

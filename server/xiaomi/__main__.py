@@ -1,0 +1,3 @@
+from server.xiaomi.cli import main
+
+raise SystemExit(main())
