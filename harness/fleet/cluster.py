@@ -64,7 +64,12 @@ async def fleet(state_url: str, fake: FakeOpenAIServer | None, *, nodes: int = 2
                 "server": {"websocket_url": f"ws://127.0.0.1:{ws_port}/xiaozhi/v1/",
                            # Pairing off: these devices get tokens from the OTA answer at once
                            # (a test that pairs turns it on through `overrides`).
-                           "auth": {"enabled": True, "secret": secret, "pairing": {"enabled": False}}},
+                           "auth": {"enabled": True, "secret": secret, "pairing": {"enabled": False}},
+                           # The balancer forwards the client address (option forwardfor)...
+                           "trusted_proxies": ["127.0.0.1"],
+                           # ...but every simulated device is 127.0.0.1 too: no per-address caps.
+                           "limits": {"ota_per_minute": 0, "activate_per_minute": 0,
+                                      "max_connections_per_address": 0}},
                 "state": {"url": state_url, "redis_url": redis_url, "lease_ttl_s": 3},
                 "prometheus": {"listen": f"127.0.0.1:{prom_ports[i]}"},
             }

@@ -231,6 +231,7 @@ defaults
     timeout tunnel 10m
     timeout http-request 10s
     option redispatch
+    option forwardfor
     retries 2
 
 frontend devices_ws
