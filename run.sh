@@ -15,7 +15,7 @@ for arg in "$@"; do
   [ "$prev" = --config ] && export XZ_CONFIG=$arg
   prev=$arg
 done
-[ "$cmd" = test ] && export XZ_ZH=1
+[ "$cmd" = test ] && export XZ_ZH=1 XZ_TEST=1
 bash scripts/install.sh
 PY=${XZ_VENV:-$PWD/.venv}/bin/python
 case "$cmd" in

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server-pid", type=int, metavar="PID",
                    help="pid of the --url server, for CPU/RSS (default: found from the port when on this machine)")
     c.add_argument("--server-log", action="store_true", help="echo the started server's log to stderr")
+    c.add_argument("--fleet", type=int, metavar="N",
+                   help="start N server processes on one PostgreSQL behind HAProxy (all on 127.0.0.1) and "
+                        "run through the balancer (docs/deployment.md)")
+    c.add_argument("--hello", type=int, default=0, metavar="K",
+                   help="with --fleet: time K connects (OTA, WebSocket, hello) at 10/s through the balancer "
+                        "and straight to one process")
 
     e = p.add_argument_group("end to end and ramp")
     e.add_argument("--devices", type=int, default=1, metavar="N", help="simulated devices talking at once (default 1)")
@@ -196,6 +202,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          f"choose from {','.join(KINDS)}")
         args.only = kinds
         args.components = True
+    if args.fleet is not None and (args.fleet < 1 or args.url):
+        parser.error("--fleet N starts N >= 1 processes itself: drop --url")
+    if args.hello and not args.fleet:
+        parser.error("--hello needs --fleet")
     if (args.http_url or args.server_pid) and not args.url:
         parser.error("--http-url and --server-pid describe a running server: give its --url too")
     for name in ("devices", "prompts", "ramp_start", "ramp_step", "ramp_max"):
@@ -486,6 +496,12 @@ async def target(args: argparse.Namespace, overrides: dict[str, Any], console: C
     if args.url:
         pid = args.server_pid or await asyncio.to_thread(find_listening_pid, args.url)
         yield Target(args.url, args.http_url, pid, spawned=False)
+        return
+    if args.fleet:
+        from bench.fleet import fleet_target
+
+        async with fleet_target(args.fleet, overrides, console, args.server_log, hello=args.hello) as tgt:
+            yield tgt
         return
     console.log("starting the server (loading models)...")
     t0 = time.monotonic()

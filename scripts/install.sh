@@ -6,6 +6,7 @@
 #   XZ_SKIP_APT=1         do not touch system packages (you installed them yourself)
 #   TORCH_INDEX_URL=url   where to get torch (e.g. https://download.pytorch.org/whl/cpu)
 #   XZ_ZH=1 (or --zh)     also install the offline Mandarin extras (./run.sh test sets it)
+#   XZ_TEST=1             also install what the test suite needs (./run.sh test sets it)
 #   XZ_CONFIG=file        the override config the server will use (./run.sh server --config sets it)
 set -euo pipefail
 for arg in "$@"; do [ "$arg" = --zh ] && XZ_ZH=1; done
@@ -18,10 +19,13 @@ LLAMA_VERSION=0.3.36
 say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
 
 # 1. System packages: libopus (Opus codec), espeak-ng (test and benchmark speech), a compiler and
-#    cmake (llama.cpp is built from source), Python venv support. Nothing else: audio files for
-#    tests (MP3, FLAC, Ogg) are encoded with PyAV, whose wheels carry FFmpeg and LAME. Keep this
-#    list and the Dockerfile's build stage the same; `python -m server --doctor` checks the result.
+#    cmake (llama.cpp is built from source), Python venv support. Nothing else for the server:
+#    audio files for tests (MP3, FLAC, Ogg) are encoded with PyAV, whose wheels carry FFmpeg and
+#    LAME. Keep this list and the Dockerfile's build stage the same; `python -m server --doctor`
+#    checks the result. The test suite (XZ_TEST=1, set by ./run.sh test) also needs postgresql,
+#    haproxy and redis-server for the fleet tests (each test starts its own instance on 127.0.0.1).
 APT_PKGS=(libopus0 espeak-ng build-essential cmake git ca-certificates)
+[ "${XZ_TEST:-0}" = 1 ] && APT_PKGS+=(postgresql haproxy redis-server)
 command -v python3 >/dev/null 2>&1 || APT_PKGS+=(python3 python3-dev python3-venv)
 if [ "${XZ_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
@@ -83,7 +87,7 @@ if [ ! -f "$STAMP" ]; then
   # 5. The project and everything else (ranges in pyproject.toml), plus the test tools and the
   #    benchmark's extra (matplotlib, for its chart; the server itself never needs it).
   say "installing Python dependencies"
-  "${PIP[@]}" install -e ".[dev,bench]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
+  "${PIP[@]}" install -e ".[dev,bench,postgres]" "torch==$TORCH_VERSION" "llama-cpp-python==$LLAMA_VERSION"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -56,7 +56,7 @@ def devices_main(argv: list[str]) -> int:
         return 2
     if not config.server.auth.enabled:
         print("note: server.auth.enabled is false, so pairing is not enforced", file=sys.stderr)
-    return cli.main(args, root / config.data_dir, config.server.auth.pairing)
+    return cli.main(args, root / config.data_dir, config.server.auth.pairing, config.state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,10 @@ from aiohttp import web
 from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
+from server.fleet.node import FleetNode
 from server.pairing import Pairing, SqliteDeviceRegistry
 from server.runtime import ListeningPorts, Services, build_services
+from server.state.datadir_lock import DataDirLock
 from server.transport.auth import TokenAuth, load_or_create_secret
 from server.transport.http_server import HttpApi
 from server.transport.websocket_server import DeviceServer
@@ -32,12 +34,34 @@ def make_auth(config: AppConfig, data_dir: Path) -> TokenAuth:
                      allowed_devices=frozenset(a.allowed_devices))
 
 
-async def open_pairing(config: AppConfig, data_dir: Path) -> Pairing | None:
-    """The device registry, when auth with pairing is on (None otherwise)."""
+def embedded_data_lock(config: AppConfig, data_dir: Path) -> DataDirLock | None:
+    """One process per embedded data directory (a fleet shares PostgreSQL, not data/)."""
+    if config.state.shared:
+        return None
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    return lock
+
+
+def _async(fn: Any) -> Any:
+    async def call() -> None:
+        fn()
+    return call
+
+
+async def open_pairing(config: AppConfig, data_dir: Path, state: Any = None) -> Pairing | None:
+    """The device registry, when auth with pairing is on (None otherwise): in the shared
+    PostgreSQL of a fleet (state.url), else SQLite in data_dir."""
     a = config.server.auth
     if not (a.enabled and a.pairing.enabled):
         return None
-    registry = SqliteDeviceRegistry(data_dir / a.pairing.db)
+    registry: Any
+    if state is not None and state.shared:
+        from server.state.pg_registry import PgDeviceRegistry
+
+        registry = PgDeviceRegistry(state.extras["pg_pool"])
+    else:
+        registry = SqliteDeviceRegistry(data_dir / a.pairing.db)
     await registry.open()
     return Pairing(registry, a.pairing)
 
@@ -105,10 +129,21 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     t0 = time.monotonic()
     data_dir = root_dir / config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    auth = make_auth(config, data_dir)
-    services = await build_services(config, root_dir, auth)
+    lock = embedded_data_lock(config, data_dir)
+    try:
+        auth = make_auth(config, data_dir)
+        services = await build_services(config, root_dir, auth)
+        services.fleet = FleetNode(services)
+        await services.fleet.start()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    services._closers.insert(0, services.fleet.close)
+    if lock is not None:
+        services._closers.insert(0, _async(lock.release))
     cfg = config.server
-    pairing = await open_pairing(config, data_dir)
+    pairing = await open_pairing(config, data_dir, services.state)
     if pairing is not None and services.vision is not None:
         services.vision.current_generation = pairing.current_generation
     devices = DeviceServer(services, auth, pairing)

@@ -21,7 +21,6 @@ from server.audio.voice import OpusVoice
 from server.config.schema import AppConfig
 from server.conversation.metrics import MetricsLog
 from server.memory.manager import MemoryManager
-from server.memory.store import SqliteMemoryStore
 from server.pipeline.dialogue import Dialogue, system_prompt, time_context
 from server.providers.base import (
     ASRProvider,
@@ -111,6 +110,8 @@ class Services:
     device_tools_factory: Callable[[DeviceToolsOwner], McpDeviceTools] | None = None
     iot_tools_factory: Callable[[DeviceToolsOwner], DeviceTools] | None = None
     vision: VisionService | None = None  # VisionHandler for /mcp/vision/explain
+    state: Any = None  # StateBackend (server/state): memory store, leases, fleet bus
+    fleet: Any = None  # FleetNode (server/fleet/node.py), set by app.py
     # The configured ports until the listeners are bound (app.running_server sets the real ones).
     ports: ListeningPorts = ListeningPorts(0, 0)
     _http: aiohttp.ClientSession | None = None
@@ -190,11 +191,13 @@ async def build_services(config: AppConfig, root_dir: Path, auth: Any = None) ->
     services = Services(config=config, root_dir=root_dir, **providers,
                         ports=ListeningPorts(config.server.port, config.server.http_port))
     try:
-        store = SqliteMemoryStore(services.data_dir / config.memory.db,
-                                  max_exchanges_per_user=config.memory.max_exchanges_per_user)
-        await store.open()
-        services._closers.append(store.close)
-        services.memory = MemoryManager(config.memory, store, services.llm, config.assistant.language)
+        from server.state import open_state
+
+        services.state = await open_state(config.state, services.data_dir, config.memory.db,
+                                          max_exchanges_per_user=config.memory.max_exchanges_per_user)
+        services._closers.append(services.state.close)
+        services.memory = MemoryManager(config.memory, services.state.memory, services.llm,
+                                        config.assistant.language)
         if config.plugins:
             from server.tools.plugins import PluginTools
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -91,3 +91,24 @@ async def http_json(url: str) -> Any:
 
 async def speech(text: str) -> bytes:
     return await synthesize_speech(text)
+
+
+# ---------------------------------------------------------------- fleet engines (harness/fleet)
+
+
+# Plain (not async) fixtures: async fixtures may ask for them with request.getfixturevalue.
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A real PostgreSQL on a free 127.0.0.1 port for the whole run; tests take fresh databases."""
+    from harness.fleet.engines import postgres_cluster
+
+    with postgres_cluster() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis_engine() -> Iterator[Any]:
+    from harness.fleet.engines import redis_server
+
+    with redis_server() as redis:
+        yield redis

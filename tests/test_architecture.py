@@ -63,6 +63,13 @@ def test_server_never_imports_test_tools(path: Path) -> None:
     assert not {m for m in our_imports(path) if m.split(".")[0] in ("bench", "harness", "tests")}
 
 
+@pytest.mark.parametrize("path", files("server/state"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_state_backends_know_no_sessions_or_transport(path: Path) -> None:
+    """Storage is below the conversation: it never reaches up into sessions, transport or the pipeline."""
+    assert not {m for m in our_imports(path) if m.startswith(("server.session", "server.transport",
+                                                              "server.pipeline", "server.fleet"))}
+
+
 @pytest.mark.parametrize("path", files("server/config"), ids=lambda p: p.name)
 def test_config_never_imports_transport_or_session(path: Path) -> None:
     """Validating a config must not pull in the servers that use it."""

@@ -136,6 +136,12 @@ def validate(raw: dict[str, Any]) -> AppConfig:
     except ValidationError as exc:
         raise ConfigError(one_line(exc)) from None
     validate_plugins(config)
+    from server.state.config import fleet_problems
+
+    problems = fleet_problems(config)
+    if problems:
+        more = len(problems) - 1
+        raise ConfigError(problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
     return config
 
 

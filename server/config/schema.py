@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
 
 from server.devices.mcp_client import DeviceToolsConfig
+from server.fleet.config import PrometheusConfig
 from server.memory.manager import MemoryConfig
 from server.pairing.config import PairingConfig
 from server.providers.base import ProviderSettings
+from server.state.config import StateConfig
 from server.tools.remote_mcp.config import McpServerConfig
 from server.xiaomi.config import XiaomiConfig
 
@@ -212,6 +214,9 @@ class AppConfig(Strict):
     # External MCP servers by name (server.tools.remote_mcp.config; the loader validates them
     # with errors that name the server).
     mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    # Where memory, leases and presence live: embedded SQLite (default) or a shared PostgreSQL.
+    state: StateConfig = Field(default_factory=StateConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     # XiaoAi speakers through the Xiaomi cloud (server/xiaomi/).
     xiaomi: XiaomiConfig = Field(default_factory=XiaomiConfig)
     data_dir: str = "data"

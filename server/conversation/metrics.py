@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,9 +62,13 @@ class MetricsLog:
     def __init__(self, size: int = 200) -> None:
         self.turns: deque[TurnMetrics] = deque(maxlen=size)
         self.counters: dict[str, int] = {}
+        # Called with every finished turn (the Prometheus histograms, server/fleet/prometheus.py).
+        self.observers: list[Callable[[TurnMetrics], None]] = []
 
     def record(self, m: TurnMetrics) -> None:
         self.turns.append(m)
+        for observe in self.observers:
+            observe(m)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

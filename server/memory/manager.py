@@ -25,6 +25,11 @@ from server.providers.base import ChatMessage, LLMRequest, ProviderError
 
 log = logging.getLogger("server.memory")
 
+# A summary folds in at most this many not-yet-summarized exchanges (the newest).
+SUMMARY_MAX_EXCHANGES = 50
+# Compare-and-set rounds against concurrent summary writers before giving up until next time.
+SUMMARY_ATTEMPTS = 3
+
 
 class MemoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -121,11 +126,30 @@ class MemoryManager:
             log.error("memory task failed: %r", task.exception())
 
     async def _summarize(self, user_id: str, session_id: str) -> None:
+        """Fold the user's exchanges not yet in the summary into it.
+
+        Works from the summary's watermark rather than this session alone, so exchanges of a
+        session whose process was killed before summarizing are picked up by the next one, on
+        any process. The LLM runs outside any transaction; the write is a compare-and-set on the
+        summary's version, so when two processes close sessions of one user at once exactly one
+        write lands and the other re-reads (and stops, if nothing is left to add)."""
         assert self.store is not None
-        exchanges = await self.store.session_exchanges(user_id, session_id)
-        if not exchanges:
-            return
-        old = await self.store.get_summary(user_id)
+        for _attempt in range(SUMMARY_ATTEMPTS):
+            state = await self.store.summary_state(user_id)
+            exchanges = await self.store.exchanges_after(user_id, state.through_id, SUMMARY_MAX_EXCHANGES)
+            if not exchanges:
+                return
+            summary = await self._write_summary(user_id, state.summary, exchanges)
+            if not summary:
+                return
+            if await self.store.put_summary(user_id, summary, state.version, exchanges[-1].id):
+                log.info("[%s] memory summary updated (%d chars, version %d)", user_id, len(summary),
+                         state.version + 1)
+                return
+            log.info("[%s] the memory summary was updated elsewhere meanwhile; re-reading it", user_id)
+        log.warning("[%s] memory summary kept losing to concurrent writers; leaving it for next time", user_id)
+
+    async def _write_summary(self, user_id: str, old: str, exchanges: list[StoredExchange]) -> str:
         talk = "\n".join(f"User: {e.user}\nAssistant: {e.assistant}" for e in exchanges)
         prompt = SUMMARY_PROMPT.get(self.language, SUMMARY_PROMPT["en"]).format(
             old=old or "(nothing yet)", talk=talk[-6000:], limit=self.config.summary_max_chars)
@@ -137,11 +161,8 @@ class MemoryManager:
         except ProviderError as exc:
             log.warning("[%s] memory summary failed (%s); the exchanges are kept and will be summarized "
                         "next time", user_id, exc)
-            return
-        summary = "".join(parts).strip()[: self.config.summary_max_chars]
-        if summary:
-            await self.store.set_summary(user_id, summary)
-            log.info("[%s] memory summary updated (%d chars)", user_id, len(summary))
+            return ""
+        return "".join(parts).strip()[: self.config.summary_max_chars]
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Let pending writes and summaries finish (shutdown); exchanges are written first."""

@@ -1,5 +1,6 @@
 """Where memory lives. `MemoryStore` is the interface; `SqliteMemoryStore` the embedded default
-(one file under data/, WAL journal so readers never wait for the writer).
+(one file under data/, WAL journal so readers never wait for the writer). The shared PostgreSQL
+store of a fleet is server/state/postgres.py.
 
 All SQLite work runs on one dedicated thread with one connection: writes from concurrent
 sessions are serialized there instead of racing (the reference server's YAML memory file loses
@@ -19,6 +20,9 @@ from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
+# Versioned, additive migrations (PRAGMA user_version counts the ones applied). Version 1 is the
+# original schema, written with IF NOT EXISTS, so data/ directories created before versioning
+# (user_version 0, tables present) pass through it unchanged and then get the later steps.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS exchanges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,6 +46,13 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (user_id, key)
 );
 """
+MIGRATIONS: list[str] = [
+    SCHEMA,
+    # 2: summaries carry a watermark (the last exchange they cover) and a version, so two writers
+    # cannot silently overwrite each other (compare-and-set in put_summary).
+    "ALTER TABLE summaries ADD COLUMN version INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE summaries ADD COLUMN through_id INTEGER NOT NULL DEFAULT 0;",
+]
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,6 +62,14 @@ class StoredExchange:
     interrupted: bool
     ts: float
     session_id: str
+    id: int = 0  # increasing per store: the watermark summaries use
+
+
+@dataclass(slots=True, frozen=True)
+class SummaryState:
+    summary: str = ""
+    version: int = 0  # bumped by every successful put_summary
+    through_id: int = 0  # the last exchange id the summary covers
 
 
 class MemoryStore(Protocol):
@@ -64,6 +83,17 @@ class MemoryStore(Protocol):
     async def get_summary(self, user_id: str) -> str: ...
 
     async def set_summary(self, user_id: str, summary: str) -> None: ...
+
+    async def summary_state(self, user_id: str) -> SummaryState: ...
+
+    async def exchanges_after(self, user_id: str, after_id: int, limit: int) -> list[StoredExchange]:
+        """The newest `limit` exchanges with id > after_id, oldest first."""
+        ...
+
+    async def put_summary(self, user_id: str, summary: str, expected_version: int, through_id: int) -> bool:
+        """Write the summary only if its version is still `expected_version` (False: another writer
+        won; re-read and retry), advancing the watermark to `through_id` and the version by one."""
+        ...
 
     async def get_value(self, user_id: str, key: str) -> str | None: ...
 
@@ -88,7 +118,7 @@ class SqliteMemoryStore:
             db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
+            migrate(db)
             self._db = db
         return self._db
 
@@ -120,21 +150,52 @@ class SqliteMemoryStore:
 
     @staticmethod
     def _rows(rows: list[Any]) -> list[StoredExchange]:
-        return [StoredExchange(r[0], r[1], bool(r[2]), r[3], r[4]) for r in rows]
+        return [StoredExchange(r[0], r[1], bool(r[2]), r[3], r[4], r[5]) for r in rows]
 
     async def recent_exchanges(self, user_id: str, limit: int) -> list[StoredExchange]:
         def read(db: sqlite3.Connection) -> list[StoredExchange]:
-            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id FROM exchanges "
+            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id, id FROM exchanges "
                               "WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)).fetchall()
             return self._rows(rows[::-1])
         return await self._run(read)
 
     async def session_exchanges(self, user_id: str, session_id: str) -> list[StoredExchange]:
         def read(db: sqlite3.Connection) -> list[StoredExchange]:
-            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id FROM exchanges "
+            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id, id FROM exchanges "
                               "WHERE user_id = ? AND session_id = ? ORDER BY id", (user_id, session_id)).fetchall()
             return self._rows(rows)
         return await self._run(read)
+
+    async def exchanges_after(self, user_id: str, after_id: int, limit: int) -> list[StoredExchange]:
+        def read(db: sqlite3.Connection) -> list[StoredExchange]:
+            rows = db.execute("SELECT user_text, assistant_text, interrupted, ts, session_id, id FROM exchanges "
+                              "WHERE user_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
+                              (user_id, after_id, limit)).fetchall()
+            return self._rows(rows[::-1])
+        return await self._run(read)
+
+    async def summary_state(self, user_id: str) -> SummaryState:
+        def read(db: sqlite3.Connection) -> SummaryState:
+            row = db.execute("SELECT summary, version, through_id FROM summaries WHERE user_id = ?",
+                             (user_id,)).fetchone()
+            return SummaryState(row[0], row[1], row[2]) if row else SummaryState()
+        return await self._run(read)
+
+    async def put_summary(self, user_id: str, summary: str, expected_version: int, through_id: int) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            with db:
+                if expected_version == 0:
+                    cur = db.execute("INSERT INTO summaries (user_id, summary, updated, version, through_id) "
+                                     "VALUES (?, ?, ?, 1, ?) ON CONFLICT(user_id) DO UPDATE SET "
+                                     "summary = excluded.summary, updated = excluded.updated, version = 1, "
+                                     "through_id = excluded.through_id WHERE summaries.version = 0",
+                                     (user_id, summary, time.time(), through_id))
+                else:
+                    cur = db.execute("UPDATE summaries SET summary = ?, updated = ?, version = version + 1, "
+                                     "through_id = ? WHERE user_id = ? AND version = ?",
+                                     (summary, time.time(), through_id, user_id, expected_version))
+                return cur.rowcount == 1
+        return await self._run(write)
 
     async def get_summary(self, user_id: str) -> str:
         def read(db: sqlite3.Connection) -> str:
@@ -145,8 +206,9 @@ class SqliteMemoryStore:
     async def set_summary(self, user_id: str, summary: str) -> None:
         def write(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("INSERT INTO summaries (user_id, summary, updated) VALUES (?, ?, ?) "
-                           "ON CONFLICT(user_id) DO UPDATE SET summary = excluded.summary, updated = excluded.updated",
+                db.execute("INSERT INTO summaries (user_id, summary, updated, version) VALUES (?, ?, ?, 1) "
+                           "ON CONFLICT(user_id) DO UPDATE SET summary = excluded.summary, "
+                           "updated = excluded.updated, version = summaries.version + 1",
                            (user_id, summary, time.time()))
         await self._run(write)
 
@@ -180,3 +242,15 @@ class SqliteMemoryStore:
             await self._run(shut)
             self._db = None
         self._pool.shutdown(wait=True)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply the migrations this file has not seen yet; returns the schema version."""
+    current = db.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise RuntimeError(f"memory database schema version {current} is newer than this server "
+                           f"({len(MIGRATIONS)}): upgrade the server or use a copy of the data directory")
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        # executescript commits first and runs each statement; user_version goes with the last.
+        db.executescript(f"BEGIN; {MIGRATIONS[version - 1]} PRAGMA user_version = {version}; COMMIT;")
+    return len(MIGRATIONS)

@@ -14,6 +14,7 @@ import getpass
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from server.pairing.config import PairingConfig
 from server.pairing.service import Pairing
@@ -37,8 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     revoke.add_argument("device_id")
 
 
-async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -> int:
-    registry = SqliteDeviceRegistry(data_dir / config.db)
+async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig, state: Any = None) -> int:
+    backend = None
+    if state is not None and state.shared:
+        # A fleet: the registry every server process uses is in the shared PostgreSQL.
+        from server.state import open_state
+        from server.state.pg_registry import PgDeviceRegistry
+
+        backend = await open_state(state, None)
+        registry: Any = PgDeviceRegistry(backend.extras["pg_pool"])
+    else:
+        registry = SqliteDeviceRegistry(data_dir / config.db)
     await registry.open()
     pairing = Pairing(registry, config)
     try:
@@ -80,7 +90,9 @@ async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -
         return 0
     finally:
         await registry.close()
+        if backend is not None:
+            await backend.close()
 
 
-def main(args: argparse.Namespace, data_dir: Path, config: PairingConfig) -> int:
-    return asyncio.run(run(args, data_dir, config))
+def main(args: argparse.Namespace, data_dir: Path, config: PairingConfig, state: Any = None) -> int:
+    return asyncio.run(run(args, data_dir, config, state))

@@ -99,6 +99,8 @@ class Session:
     async def run(self, incoming: AsyncIterable[str | bytes]) -> None:
         """Consume the device's frames until it goes away or we close."""
         self.services.sessions.add(self)
+        if self.services.fleet is not None:  # close this device's stale connections, fleet-wide
+            self._spawn(self.services.fleet.session_started(self), "presence")
         self.conversation.open()
         self._spawn(self.uplink.run(), "audio")
         self._spawn(self._watchdog(), "watchdog")
