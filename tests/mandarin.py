@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.testset import edit_distance
 from harness.zh_speech import engine, mandarin_speech
 from server.audio.pcm import resample
 
@@ -45,11 +46,5 @@ def hanzi(text: str) -> str:
 
 def cer(hypothesis: str, reference: str) -> float:
     """Character error rate over Chinese characters (punctuation and spaces ignored)."""
-    hyp, ref = hanzi(hypothesis), hanzi(reference)
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / max(1, len(ref))
+    ref = hanzi(reference)
+    return edit_distance(ref, hanzi(hypothesis)) / max(1, len(ref))

@@ -9,16 +9,13 @@ updates when two sessions close at once), and the event loop never blocks on dis
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-T = TypeVar("T")
+from server.sqlite_file import SqliteFile
 
 # Versioned, additive migrations (PRAGMA user_version counts the ones applied). Version 1 is the
 # original schema, written with IF NOT EXISTS, so data/ directories created before versioning
@@ -109,22 +106,8 @@ class SqliteMemoryStore:
         self.path = path
         # 0: keep everything; else the oldest exchanges of a user beyond this are deleted.
         self.max_exchanges_per_user = max_exchanges_per_user
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-db")
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            migrate(db)
-            self._db = db
-        return self._db
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._connect()))
+        self._file = SqliteFile(path, name="memory-db", prepare=migrate)
+        self._run = self._file.run
 
     async def open(self) -> None:
         await self._run(lambda db: None)
@@ -236,12 +219,7 @@ class SqliteMemoryStore:
         await self._run(write)
 
     async def close(self) -> None:
-        def shut(db: sqlite3.Connection) -> None:
-            db.close()
-        if self._db is not None:
-            await self._run(shut)
-            self._db = None
-        self._pool.shutdown(wait=True)
+        await self._file.close()
 
 
 def migrate(db: sqlite3.Connection) -> int:

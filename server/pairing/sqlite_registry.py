@@ -3,16 +3,12 @@ write while the server reads). All work runs on one dedicated thread, off the ev
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from server.pairing.registry import CodeTaken, DeviceRecord, PendingCode
-
-T = TypeVar("T")
+from server.sqlite_file import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -55,33 +51,15 @@ def _pending(row: Any) -> PendingCode:
 class SqliteDeviceRegistry:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="devices-db")
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._connect()))
+        self._file = SqliteFile(path, name="devices-db", prepare=lambda db: db.executescript(SCHEMA),
+                                autocommit=True)
+        self._run = self._file.run
 
     async def open(self) -> None:
         await self._run(lambda db: None)
 
     async def close(self) -> None:
-        def shut(db: sqlite3.Connection) -> None:
-            db.close()
-        if self._db is not None:
-            await self._run(shut)
-            self._db = None
-        self._pool.shutdown(wait=True)
+        await self._file.close()
 
     async def get(self, device_id: str) -> DeviceRecord | None:
         def read(db: sqlite3.Connection) -> DeviceRecord | None:
