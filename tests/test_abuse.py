@@ -33,6 +33,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = DeviceIdentity(mac="02:60:00:00:00:01", client_id="6c1d2e3f-0000-4000-8000-000000000001")
 FLOODER = "02:66:66:66:66:66"  # allow-listed (no token needed): an attacker with a way in
+# More allow-listed ids for the connection flood: a second connection with the same id replaces
+# the first (the server closes a device's stale connection), so a flood needs distinct ids.
+FLOOD_IDS = [f"02:66:66:66:67:{i:02x}" for i in range(8)]
 ORIGIN_OK = "http://console.example"
 METRICS_TOKEN = "metrics-secret-1"
 LIMITS = {"max_connections": 40, "max_connections_per_address": 3, "ota_per_minute": 12,
@@ -95,7 +98,7 @@ async def abuse() -> AsyncIterator[Abuse]:
         overrides = {
             "llm": llm_section(llm),
             "server": {
-                "auth": {"enabled": True, "allowed_devices": [FLOODER],
+                "auth": {"enabled": True, "allowed_devices": [FLOODER, *FLOOD_IDS],
                          "pairing": {"code_ttl_s": 120, "max_pending": 8, "max_pending_per_address": 2,
                                      "revocation_check_s": 0.5}},
                 "allowed_origins": [ORIGIN_OK], "metrics_token": METRICS_TOKEN,
@@ -309,8 +312,8 @@ async def test_connections_per_address_and_total(abuse: Abuse) -> None:
     flood: list[SimDevice] = []
     refused = 0
     try:
-        for _ in range(LIMITS["max_connections_per_address"] + 3):
-            dev = SimDevice(identity=DeviceIdentity(mac=FLOODER), local_address="127.0.0.51")
+        for i in range(LIMITS["max_connections_per_address"] + 3):
+            dev = SimDevice(identity=DeviceIdentity(mac=FLOOD_IDS[i]), local_address="127.0.0.51")
             try:
                 await dev.connect(url=abuse.server.ws_url, token="")
                 flood.append(dev)

@@ -69,7 +69,9 @@ async def manager(raw: dict[str, dict[str, object]]) -> AsyncIterator[ExternalMc
 async def test_stdio_server_tools_errors_and_restart(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="server.mcp")
     raw: dict[str, dict[str, object]] = {
-        "fake": {"command": sys.executable, "args": [FAKE], "timeout_s": 0.5, "ping_interval_s": 0},
+        # 3 s: the SDK server answers an unexpected exception only after formatting its
+        # traceback, which took over a second on a fresh machine (0.5 s failed there).
+        "fake": {"command": sys.executable, "args": [FAKE], "timeout_s": 3, "ping_interval_s": 0},
         "broken": {"command": "/nonexistent/mcp-server-binary", "connect_timeout_s": 5},
     }
     async with manager(raw) as mcp:
@@ -98,7 +100,7 @@ async def test_stdio_server_tools_errors_and_restart(caplog: pytest.LogCaptureFi
         crashed = await mcp.call(CTX, "fake_crash", {})
         assert crashed.is_error and "crash" in crashed.text
         slow = await mcp.call(CTX, "fake_slow", {"seconds": 5})
-        assert slow.is_error and "'fake'" in slow.text and "0.5 s" in slow.text
+        assert slow.is_error and "'fake'" in slow.text and "3 s" in slow.text
         missing = await mcp.call(CTX, "fake_nope", {})
         assert missing.is_error
 
