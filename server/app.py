@@ -17,7 +17,8 @@ from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
 from server.fleet.node import FleetNode
-from server.pairing import Pairing, SqliteDeviceRegistry
+from server.pairing import DeviceRegistry, Pairing, SqliteDeviceRegistry
+from server.pairing.memory_identity import MemoryIdentities
 from server.runtime import ListeningPorts, Services, build_services
 from server.state.datadir_lock import DataDirLock
 from server.transport.auth import TokenAuth, load_or_create_secret
@@ -49,20 +50,28 @@ def _async(fn: Any) -> Any:
     return call
 
 
-async def open_pairing(config: AppConfig, data_dir: Path, state: Any = None) -> Pairing | None:
-    """The device registry, when auth with pairing is on (None otherwise): in the shared
-    PostgreSQL of a fleet (state.url), else SQLite in data_dir."""
-    a = config.server.auth
-    if not (a.enabled and a.pairing.enabled):
-        return None
+async def open_registry(config: AppConfig, data_dir: Path, state: Any = None) -> DeviceRegistry:
+    """The device registry, always (with auth off it still decides whose memory a device id's
+    connection gets): in the shared PostgreSQL of a fleet (state.url), else SQLite in data_dir."""
     registry: Any
     if state is not None and state.shared:
         from server.state.pg_registry import PgDeviceRegistry
 
         registry = PgDeviceRegistry(state.extras["pg_pool"])
     else:
-        registry = SqliteDeviceRegistry(data_dir / a.pairing.db)
+        registry = SqliteDeviceRegistry(data_dir / config.server.auth.pairing.db)
     await registry.open()
+    return registry  # type: ignore[no-any-return]
+
+
+async def open_pairing(config: AppConfig, data_dir: Path, state: Any = None,
+                       registry: DeviceRegistry | None = None) -> Pairing | None:
+    """Pairing on the registry when auth with pairing is on (None otherwise)."""
+    a = config.server.auth
+    if not (a.enabled and a.pairing.enabled):
+        return None
+    if registry is None:
+        registry = await open_registry(config, data_dir, state)
     return Pairing(registry, a.pairing)
 
 
@@ -96,6 +105,7 @@ class RunningServer:
     pairing: Pairing | None = None
     background: list[asyncio.Task[None]] | None = None
     xiaomi: Any = None  # the Xiaomi speaker bridge (server/xiaomi/), when enabled
+    registry: DeviceRegistry | None = None
 
     async def close(self) -> None:
         for task in self.background or []:
@@ -109,8 +119,8 @@ class RunningServer:
             await asyncio.wait_for(self.ws.wait_closed(), timeout=5)
         await self.http.cleanup()
         await self.services.close()
-        if self.pairing is not None:
-            await self.pairing.registry.close()
+        if self.registry is not None:
+            await self.registry.close()
 
 
 def _xiaomi_bridge(services: Any, http_app: web.Application) -> Any:
@@ -143,11 +153,13 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     if lock is not None:
         services._closers.insert(0, _async(lock.release))
     cfg = config.server
-    pairing = await open_pairing(config, data_dir, services.state)
+    registry = await open_registry(config, data_dir, services.state)
+    pairing = await open_pairing(config, data_dir, services.state, registry)
     if pairing is not None and services.vision is not None:
         services.vision.current_generation = pairing.current_generation
-    devices = DeviceServer(services, auth, pairing)
+    devices = DeviceServer(services, auth, pairing, MemoryIdentities(registry, auth))
     ws = await serve(devices.handler, cfg.host, cfg.port, process_request=devices.process_request,
+                     create_connection=devices.connection_class(),
                      compression=None, max_size=cfg.max_message_bytes, ping_interval=None,
                      open_timeout=10, close_timeout=2, logger=logging.getLogger("websockets"))
     api = HttpApi(services, auth, pairing=pairing)
@@ -162,7 +174,7 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
     services.ports = ListeningPorts(ws_port, http_port)
     watcher = asyncio.create_task(devices.watch_revocations(), name="revocations")
-    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher], xiaomi)
+    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher], xiaomi, registry)
     if xiaomi is not None:
         xiaomi.start(http_port=http_port)
     for warning in security_warnings(config):

@@ -326,6 +326,105 @@ async def test_connections_per_address_and_total(abuse: Abuse) -> None:
         await asyncio.gather(*(d.close() for d in flood))
 
 
+async def _open_raw(port: int, local: str, send: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    if send:
+        writer.write(send)
+        await writer.drain()
+    return reader, writer
+
+
+async def _answered_at_once(reader: asyncio.StreamReader, within: float = 1.5) -> bytes | None:
+    """What the server sends without being asked (a refused socket gets its 503 at once); None
+    when it stays silent (a socket that holds a slot, waiting for its handshake)."""
+    try:
+        return await asyncio.wait_for(reader.read(200), within)
+    except TimeoutError:
+        return None
+
+
+async def test_half_open_handshakes_count_against_the_limits(abuse: Abuse) -> None:
+    """Sockets that connect and never finish the upgrade (nothing sent, or half a request) hold a
+    slot from the TCP accept: beyond the per-address cap, and beyond the total, the next socket is
+    answered 503 at once. The good device, at its own address, keeps talking; and the slots come
+    back when the sockets close."""
+    port = abuse.server.ws_port
+    per = LIMITS["max_connections_per_address"]
+    half = upgrade_head("/xiaozhi/v1/", {})[:40]
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for i in range(per):
+            _, writer = await _open_raw(port, "127.0.0.61", half if i % 2 else b"")
+            held.append(writer)
+        reader, writer = await _open_raw(port, "127.0.0.61")  # sends nothing at all
+        held.append(writer)
+        t0 = time.monotonic()
+        answer = await _answered_at_once(reader)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503"), answer
+        assert time.monotonic() - t0 < 1.0  # at once, not at the 10 s open timeout
+        status, _ = await raw_request(port, upgrade_head("/xiaozhi/v1/", {"Device-Id": FLOOD_IDS[0]}),
+                                      local="127.0.0.61")
+        assert status == 503
+        await abuse.good_conversation()
+        # The total: half-open sockets from many addresses, until the server is full.
+        readers = []
+        for i in range(LIMITS["max_connections"] + 10):
+            reader, writer = await _open_raw(port, f"127.0.3.{i // per + 1}", half if i % 3 == 0 else b"")
+            held.append(writer)
+            readers.append(reader)
+        answers = await asyncio.gather(*(_answered_at_once(r) for r in readers))
+        refused = [a for a in answers if a is not None]
+        assert len(refused) >= 10 and all(a.startswith(b"HTTP/1.1 503") for a in refused)
+        assert len(answers) - len(refused) <= LIMITS["max_connections"] - per
+    finally:
+        for writer in held:
+            writer.close()
+    # Closed sockets give their slots back at once.
+    await asyncio.sleep(0.3)
+    async with SimDevice(identity=DeviceIdentity(mac=FLOOD_IDS[1]), local_address="127.0.0.61") as dev:
+        await dev.connect(url=abuse.server.ws_url, token="")
+    await abuse.good_conversation()
+
+
+async def test_activation_hmac_with_a_registered_key(abuse: Abuse) -> None:
+    """Activation-Version 2: with the board's eFuse key registered (`devices key ID HEX`), a board
+    that signs the challenge with another key is refused (403 on activate, and the owner's
+    `pair CODE` is refused), and the board with the right key pairs as the firmware does."""
+    key = "3c" * 32
+    mac = "02:60:00:00:00:0d"
+    assert abuse.cli("key", mac, key).returncode == 0
+    owner_results: list[subprocess.CompletedProcess[str]] = []
+    owner_tasks: list[asyncio.Task[None]] = []
+
+    async def owner_types_code(code: str, message: str) -> None:
+        async def later() -> None:  # the owner reads the screen while the board already polls
+            await asyncio.sleep(1.0)
+            owner_results.append(await asyncio.to_thread(abuse.cli, "pair", code))
+        owner_tasks.append(asyncio.create_task(later()))
+
+    impostor = DeviceIdentity(mac=mac, client_id="6c1d2e3f-0000-4000-8000-0000000000d1")
+    async with SimDevice(identity=impostor, serial_number="SN-IMPOSTOR", efuse_hmac_key="c3" * 32,
+                         local_address="127.0.0.71") as dev:
+        with pytest.raises(TimeoutError) as err:
+            await activate_like_firmware(dev, abuse.server.http_url, owner_types_code, max_ota_rounds=1,
+                                         wait_error_s=0.3)
+        await asyncio.gather(*owner_tasks)
+        assert "activate_statuses=[403" in str(err.value)
+        assert owner_results[-1].returncode == 1 and "did not prove" in owner_results[-1].stderr
+        assert dev.ws_token == ""
+    owner_tasks.clear()
+    board = DeviceIdentity(mac=mac, client_id="6c1d2e3f-0000-4000-8000-0000000000d2")
+    async with SimDevice(identity=board, serial_number="SN-BOARD", efuse_hmac_key=key,
+                         local_address="127.0.0.72") as dev:
+        log = await activate_like_firmware(dev, abuse.server.http_url, owner_types_code, wait_accepted_s=0.3)
+        await asyncio.gather(*owner_tasks)
+        assert owner_results[-1].returncode == 0, owner_results[-1].stderr
+        assert log.activate_statuses[0] == 202 and log.activate_statuses[-1] == 200
+        assert dev.ws_token.startswith("v2.")
+    assert abuse.cli("revoke", mac).returncode == 0
+    await abuse.good_conversation()
+
+
 async def test_metrics_need_the_token(abuse: Abuse) -> None:
     url = abuse.server.http_url + "/metrics"
     async with aiohttp.ClientSession() as http:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server.pairing import Pairing, PairingConfig, SqliteDeviceRegistry
+from server.pairing.networks import PendingCaps
 from server.pairing.registry import CodeTaken, PendingCode
 from server.state import open_state
 from server.state.config import StateConfig
@@ -46,15 +47,16 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 
 async def test_registry_contract(registry: Any) -> None:
-    assert await registry.add_pending(pending("111111"), 10, 10, 1000.0) is not None
+    assert await registry.add_pending(pending("111111"), PendingCaps(10, 10), 1000.0) is not None
     assert (await registry.pending(MAC, 1001.0)).code == "111111"
     # Same device and client asks again: the existing code comes back.
-    assert (await registry.add_pending(pending("222222"), 10, 10, 1001.0)).code == "111111"
+    assert (await registry.add_pending(pending("222222"), PendingCaps(10, 10), 1001.0)).code == "111111"
     with pytest.raises(CodeTaken):
-        await registry.add_pending(pending("111111", device="02:00:00:00:00:02"), 10, 10, 1001.0)
+        await registry.add_pending(pending("111111", device="02:00:00:00:00:02"), PendingCaps(10, 10), 1001.0)
     # Caps: per address.
-    assert await registry.add_pending(pending("333333", device="02:00:00:00:00:03"), 10, 2, 1001.0) is not None
-    assert await registry.add_pending(pending("444444", device="02:00:00:00:00:04"), 10, 2, 1001.0) is None
+    per_address = PendingCaps(10, 2)
+    assert await registry.add_pending(pending("333333", device="02:00:00:00:00:03"), per_address, 1001.0) is not None
+    assert await registry.add_pending(pending("444444", device="02:00:00:00:00:04"), per_address, 1001.0) is None
     assert await registry.confirm("999999", "owner", 1002.0) is None
     record = await registry.confirm("111111", "alice", 1002.0)
     assert record is not None and record.paired and record.owner == "alice" and record.generation == 1

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import pytest
 from websockets.asyncio.server import serve
 
 from harness.rawws import RawWebSocket
+from server.config.schema import AppConfig
+from server.conversation.metrics import MetricsLog
 from server.protocol.errors import ProtocolError
 from server.protocol.safe_json import depth_exceeds, loads_limited
 from server.session.typed_text import TypedTextGuard
+from server.transport.auth import TokenAuth
 from server.transport.limits import ConnectionSlots, RateLimiter, client_address, host_of
-from server.transport.websocket_server import WsEndpoint
+from server.transport.websocket_server import DeviceServer, WsEndpoint
 
 
 class Clock:
@@ -123,3 +127,77 @@ async def test_send_guard_caps_pending_sends() -> None:
         server.close()
     assert any(isinstance(r, ConnectionError) for r in done)
     assert overflows and "more than 4 messages waiting" in overflows[0]
+
+
+# ------------------------------------------------------------------------------ counted from the TCP accept
+
+
+async def _read_now(reader: asyncio.StreamReader, within: float = 1.5) -> bytes | None:
+    try:
+        return await asyncio.wait_for(reader.read(200), within)
+    except TimeoutError:
+        return None
+
+
+async def test_connections_count_from_the_tcp_accept_and_behind_a_proxy() -> None:
+    """The device server's connection class on a real websockets server: half-open sockets hold
+    slots, one over a cap gets 503 at once, slots come back on close; behind a declared proxy the
+    per-address cap applies to the forwarded client address (the proxy's sockets count in the
+    total only)."""
+    cfg = AppConfig.model_validate({"server": {"trusted_proxies": ["127.0.0.1"],
+                                               "limits": {"max_connections": 6, "max_connections_per_address": 2}}})
+    devices = DeviceServer(SimpleNamespace(config=cfg, metrics=MetricsLog()),  # type: ignore[arg-type]
+                           TokenAuth(secret=b"k" * 32, ttl_seconds=60))
+
+    async def hold(connection) -> None:  # noqa: ANN001
+        await connection.wait_closed()
+
+    server = await serve(hold, "127.0.0.1", 0, process_request=devices.process_request,
+                         create_connection=devices.connection_class())
+    port = next(iter(server.sockets)).getsockname()[1]
+    writers: list[asyncio.StreamWriter] = []
+    clients: list[RawWebSocket] = []
+
+    async def raw(local: str, send: bytes = b"") -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+        writer.write(send)
+        writers.append(writer)
+        return reader
+
+    try:
+        # Not a proxy: two half-open sockets (nothing sent; half a request) fill 127.0.0.9's share.
+        assert await _read_now(await raw("127.0.0.9"), 0.3) is None
+        assert await _read_now(await raw("127.0.0.9", b"GET / HTTP/1.1\r\nHost: x\r\nUpg"), 0.3) is None
+        answer = await _read_now(await raw("127.0.0.9"))
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503")
+        assert devices.slots.total == 2
+        # Through the proxy (127.0.0.1): capped per forwarded client, not per proxy socket.
+        for _ in range(2):
+            client, head = await RawWebSocket.connect(port, "/", {"X-Forwarded-For": "10.1.1.1"})
+            assert head.startswith(b"HTTP/1.1 101")
+            clients.append(client)
+        client, head = await RawWebSocket.connect(port, "/", {"X-Forwarded-For": "10.1.1.1"})
+        assert head.startswith(b"HTTP/1.1 503")
+        client.close()
+        client, head = await RawWebSocket.connect(port, "/", {"X-Forwarded-For": "10.1.1.2"})
+        assert head.startswith(b"HTTP/1.1 101")
+        clients.append(client)
+        # Total 6: two more half-open sockets from elsewhere fill it; the next is refused at once.
+        await raw("127.0.0.10")
+        await raw("127.0.0.11")
+        await asyncio.sleep(0.2)
+        assert devices.slots.total == 6
+        answer = await _read_now(await raw("127.0.0.12"))
+        assert answer is not None and answer.startswith(b"HTTP/1.1 503")
+    finally:
+        for w in writers:
+            w.close()
+        for c in clients:
+            c.close()
+    for _ in range(50):
+        if devices.slots.total == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert devices.slots.total == 0 and devices.proxied.total == 0 and devices.slots.count("127.0.0.9") == 0
+    server.close()
+    await server.wait_closed()

@@ -46,14 +46,24 @@ def activate_url(ota: str) -> str:
 
 
 def activate_body(device: Any, challenge: str) -> str:
-    """`{}` for a board without an eFuse serial number (Activation-Version 1); py-xiaozhi's v2
-    mode wraps the HMAC object in "Payload" and signs with its own software key."""
-    if not device.config.py_xiaozhi:
+    """Ota::GetActivationPayload: `{}` for a board without an eFuse serial number (Activation-
+    Version 1); with one, HMAC-SHA256 of the challenge under the raw eFuse key. py-xiaozhi's v2
+    mode wraps the same object in "Payload" and keys the HMAC with the *text* of its efuse.json
+    `hmac_key` (a hex SHA-256 of its machine fingerprint)."""
+    cfg = device.config
+    if cfg.py_xiaozhi:
+        key_text = (cfg.efuse_hmac_key
+                    or hashlib.sha256(f"py-xiaozhi-sim|{device.identity.client_id}".encode()).hexdigest())
+        payload = {"algorithm": "hmac-sha256", "serial_number": f"SN-{device.identity.mac.replace(':', '')}",
+                   "challenge": challenge,
+                   "hmac": hmac.new(key_text.encode(), challenge.encode(), hashlib.sha256).hexdigest()}
+        return json.dumps({"Payload": payload})
+    if not cfg.serial_number:
         return "{}"
-    key = hashlib.sha256(f"py-xiaozhi-sim|{device.identity.client_id}".encode()).digest()
-    payload = {"algorithm": "hmac-sha256", "serial_number": f"SN-{device.identity.mac.replace(':', '')}",
-               "challenge": challenge, "hmac": hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()}
-    return json.dumps({"Payload": payload})
+    key = bytes.fromhex(cfg.efuse_hmac_key)  # esp_hmac_calculate(HMAC_KEY0, challenge)
+    return json.dumps({"algorithm": "hmac-sha256", "serial_number": cfg.serial_number, "challenge": challenge,
+                       "hmac": hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()},
+                      separators=(",", ":"))
 
 
 async def activate_like_firmware(device: Any, http_base_url: str,
@@ -81,7 +91,7 @@ async def activate_like_firmware(device: Any, http_base_url: str,
             continue  # Ota::Activate refuses without a challenge: straight back to the OTA check
         headers = (py_xiaozhi_ota_headers(device.identity) if device.config.py_xiaozhi
                    else firmware_ota_headers(device.identity))
-        if device.config.py_xiaozhi:
+        if device.config.py_xiaozhi or device.config.serial_number:
             headers["Activation-Version"] = "2"
         for _ in range(ACTIVATE_TRIES):
             status, _text = await post_raw(activate_url(url), headers, activate_body(device, challenge),

@@ -36,3 +36,8 @@ class DeviceConfig:
     # Source address of the device's connections (e.g. 127.0.0.7: another "host" on the
     # loopback network, for per-address limits); empty: the OS picks.
     local_address: str = ""
+    # A board with an eFuse serial number (Activation-Version 2) signs the activation challenge
+    # with the eFuse HMAC key (hex here; the firmware's key is the raw bytes). py-xiaozhi signs
+    # with its efuse.json `hmac_key` text instead; empty: the simulator's derived key for it.
+    efuse_hmac_key: str = ""
+    serial_number: str = ""

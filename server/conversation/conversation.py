@@ -54,7 +54,8 @@ class Conversation:
     """One conversation of one user (identity = the device id; memory maps it to a user)."""
 
     def __init__(self, runtime: Services, host: ConversationHost, identity: str, *,
-                 session_id: str | None = None, tag: str = "", language: str | None = None) -> None:
+                 session_id: str | None = None, tag: str = "", language: str | None = None,
+                 memory_identity: str = "") -> None:
         cfg = runtime.config
         self.runtime = runtime
         self.host = host
@@ -75,7 +76,12 @@ class Conversation:
         self.prompt_budget = PromptBudget.for_llm(runtime.llm, self.tag)
 
         memory = runtime.memory
-        self.user_id = memory.user_for(identity) if memory is not None else identity
+        # memory_identity: set when the connection did not prove its device id (then it is never
+        # mapped through memory.identities, which names device ids).
+        if memory_identity and memory_identity != identity:
+            self.user_id = memory_identity
+        else:
+            self.user_id = memory.user_for(identity) if memory is not None else identity
         self.memory: SessionMemory | None = None
         self._memory_loaded = asyncio.Event()
         self.last_memory_ms = 0.0  # memory time on the latest turn's path (for its metrics)

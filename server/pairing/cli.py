@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from server.pairing.config import PairingConfig
-from server.pairing.service import Pairing
+from server.pairing.registry import Unproven
+from server.pairing.service import Pairing, normalize_key
 from server.pairing.sqlite_registry import SqliteDeviceRegistry
+from server.transport.device_id import normalize_device_id
 
 
 def _when(ts: float | None) -> str:
@@ -36,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     actions.add_parser("list", help="paired and revoked devices, and codes waiting for you")
     revoke = actions.add_parser("revoke", help="unpair a device: its tokens stop working at once")
     revoke.add_argument("device_id")
+    key = actions.add_parser("key", help="register a device's activation HMAC key (Activation-Version 2): "
+                                         "its code is then accepted only from a board that holds the key")
+    key.add_argument("device_id")
+    key.add_argument("key_hex", help="the eFuse HMAC key (firmware) or efuse.json's hmac_key (py-xiaozhi), "
+                                     "hex; 'none' removes it")
+    release = actions.add_parser("release", help="forget which client owns a device id's memory (auth off): "
+                                                 "the next client to connect with that id takes it over")
+    release.add_argument("device_id")
 
 
 async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig, state: Any = None) -> int:
@@ -52,9 +62,35 @@ async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig, s
     await registry.open()
     pairing = Pairing(registry, config)
     try:
+        if args.action in ("key", "release", "revoke"):
+            device_id = normalize_device_id(args.device_id)
+            if device_id is None:
+                print(f"{args.device_id!r} is not a device id (a MAC address or UUID)", file=sys.stderr)
+                return 1
+            args.device_id = device_id
+        if args.action == "key":
+            key_hex = None if args.key_hex.strip().lower() == "none" else normalize_key(args.key_hex)
+            if key_hex is None and args.key_hex.strip().lower() != "none":
+                print("the key must be hex, 16 to 64 bytes (32 to 128 hex digits)", file=sys.stderr)
+                return 1
+            await registry.set_key(args.device_id, key_hex, time.time())
+            print(f"{args.device_id}: " + ("key removed; its code is accepted without an HMAC" if key_hex is None
+                                          else "key registered; its code is accepted only with a matching HMAC"))
+            return 0
+        if args.action == "release":
+            released = await registry.release_memory(args.device_id)
+            print(f"{args.device_id}: " + ("released; the next client to connect with this id owns its memory"
+                                          if released else "no client owned its memory yet"))
+            return 0
         if args.action == "pair":
             owner = args.owner or getpass.getuser()
-            record = await pairing.confirm(args.code, owner=owner)
+            try:
+                record = await pairing.confirm(args.code, owner=owner)
+            except Unproven as exc:
+                print(f"not paired: {exc.device_id} has a registered HMAC key and the board asking with this code "
+                      "did not prove it holds it (another board claiming its id, or the wrong key registered)",
+                      file=sys.stderr)
+                return 1
             if record is None:
                 print(f"no device is waiting with code {args.code!r} (wrong, or expired: the device shows a new "
                       "code after a restart)", file=sys.stderr)
@@ -63,7 +99,7 @@ async def run(args: argparse.Namespace, data_dir: Path, config: PairingConfig, s
                   f"client {record.client_id or '-'}); it finishes activation within a few seconds")
             return 0
         if args.action == "revoke":
-            record = await registry.revoke(args.device_id.strip().lower())
+            record = await registry.revoke(args.device_id)
             if record is None:
                 print(f"no device {args.device_id!r} in the registry (see: devices list)", file=sys.stderr)
                 return 1

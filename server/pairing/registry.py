@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from server.pairing.networks import PendingCaps
+
+# Memory claims kept at most (trust on first use, auth off): beyond this, new device ids get a
+# memory identity of their own without a claim, so a flood of made-up ids costs bounded storage.
+MAX_MEMORY_CLAIMS = 100_000
+
 
 @dataclass(slots=True, frozen=True)
 class DeviceRecord:
@@ -58,8 +64,7 @@ class DeviceRegistry(Protocol):
         """The unexpired pending code of this device, if any."""
         ...
 
-    async def add_pending(self, candidate: PendingCode, max_total: int, max_per_address: int,
-                          now: float) -> PendingCode | None:
+    async def add_pending(self, candidate: PendingCode, caps: PendingCaps, now: float) -> PendingCode | None:
         """Store `candidate` unless the device already has an unexpired code (returned instead,
         when it is for the same client id; replaced otherwise) or a cap is reached (None).
         Expired codes are dropped first; unexpired ones of other devices are never evicted.
@@ -67,7 +72,9 @@ class DeviceRegistry(Protocol):
         ...
 
     async def confirm(self, code: str, owner: str, now: float) -> DeviceRecord | None:
-        """Pair the device whose unexpired code this is; None for a wrong or expired code."""
+        """Pair the device whose unexpired code this is; None for a wrong or expired code.
+        Raises Unproven when the device has a registered HMAC key (Activation-Version 2) and no
+        activate request proved it holds that key for this code's challenge."""
         ...
 
     async def revoke(self, device_id: str) -> DeviceRecord | None:
@@ -75,6 +82,26 @@ class DeviceRegistry(Protocol):
         ...
 
     async def list_devices(self) -> list[DeviceRecord]: ...
+
+    async def claim_memory(self, device_id: str, client_id: str, now: float) -> str | None:
+        """Trust on first use: the client id that owns this device id's memory, recording
+        `client_id` as owner when nobody holds it yet. None when unclaimed and the table is full
+        (MAX_MEMORY_CLAIMS)."""
+        ...
+
+    async def release_memory(self, device_id: str) -> bool:
+        """Forget the owner of a device id's memory (the next client to connect claims it)."""
+        ...
+
+    async def set_key(self, device_id: str, key_hex: str | None, now: float) -> None:
+        """Register (or with None remove) the device's activation HMAC key, as hex."""
+        ...
+
+    async def get_key(self, device_id: str) -> str | None: ...
+
+    async def add_proof(self, device_id: str, challenge: str, now: float) -> None:
+        """The device proved its key for this challenge (a valid activate HMAC)."""
+        ...
 
     async def list_pending(self, now: float) -> list[PendingCode]: ...
 
@@ -85,3 +112,11 @@ class DeviceRegistry(Protocol):
 
 class CodeTaken(Exception):
     """The drawn code is already pending for another device."""
+
+
+class Unproven(Exception):
+    """The code's device has a registered HMAC key and has not proven it holds it."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(device_id)
+        self.device_id = device_id

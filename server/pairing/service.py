@@ -8,12 +8,15 @@ Here the owner confirms the code on the server (`python -m server devices pair 1
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from server.pairing.config import PairingConfig
 from server.pairing.registry import CodeTaken, DeviceRecord, DeviceRegistry, PendingCode
@@ -34,6 +37,24 @@ class OtaDecision:
     activation: dict[str, Any] | None = None
     # Too many codes waiting: answer "retry later" (the firmware retries with back-off).
     busy: bool = False
+
+
+ActivationProof = Literal["no-key", "proven", "bad"]
+_HEX_KEY = re.compile(r"^(?:[0-9a-f]{2}){16,64}$")
+
+
+def normalize_key(text: str) -> str | None:
+    """A device HMAC key as lowercase hex (16-64 bytes), or None when it is not one."""
+    value = text.strip().lower()
+    return value if _HEX_KEY.match(value) else None
+
+
+def expected_hmacs(key_hex: str, challenge: str) -> list[str]:
+    """The HMACs a holder of the key computes: the firmware signs with the raw eFuse key (the hex
+    decoded); py-xiaozhi signs with the hex text of its `hmac_key` (efuse.json) as the key."""
+    msg = challenge.encode("utf-8", "replace")
+    return [hmac.new(key, msg, hashlib.sha256).hexdigest()
+            for key in (bytes.fromhex(key_hex), key_hex.encode())]
 
 
 def new_code() -> str:
@@ -72,8 +93,7 @@ class Pairing:
                                     code=new_code(), challenge=secrets.token_hex(16), address=address,
                                     created=now, expires=now + self.config.code_ttl_s)
             try:
-                stored = await self.registry.add_pending(candidate, self.config.max_pending,
-                                                         self.config.max_pending_per_address, now)
+                stored = await self.registry.add_pending(candidate, self.config.caps, now)
             except CodeTaken:
                 continue
             if stored is candidate:
@@ -95,6 +115,32 @@ class Pairing:
         if record is None or not record.paired or record.client_id != client_id:
             return None
         return record.generation
+
+    async def check_activation(self, device_id: str, client_id: str, body: dict[str, Any]) -> ActivationProof:
+        """Activation-Version 2 (xiaozhi-protocol.md §5.5): a board with an eFuse serial number
+        sends HMAC-SHA256(key, challenge). The server cannot know the eFuse key of a stock board,
+        so this is checked only when the owner registered the device's key
+        (`python -m server devices key ID HEX`): then a matching HMAC over the device's pending
+        challenge is recorded as proof, and the code cannot be confirmed without one."""
+        key = await self.registry.get_key(device_id)
+        if key is None:
+            return "no-key"
+        pending = await self.registry.pending(device_id, self.clock())
+        if pending is None or pending.client_id != client_id:
+            return "bad"
+        payload = body.get("Payload") if isinstance(body.get("Payload"), dict) else body
+        given, challenge = payload.get("hmac"), payload.get("challenge")
+        if not isinstance(given, str) or challenge != pending.challenge:
+            log.warning("activation of %s: no HMAC over its challenge, but a key is registered; the code "
+                        "cannot be confirmed until the device proves it", device_id)
+            return "bad"
+        if not any(hmac.compare_digest(given.strip().lower(), expected)
+                   for expected in expected_hmacs(key, pending.challenge)):
+            log.warning("activation of %s: HMAC does not match the registered key (another board "
+                        "using this id?); the code cannot be confirmed", device_id)
+            return "bad"
+        await self.registry.add_proof(device_id, pending.challenge, self.clock())
+        return "proven"
 
     async def confirm(self, code: str, owner: str = "owner") -> DeviceRecord | None:
         code = code.strip()

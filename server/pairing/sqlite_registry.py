@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from server.pairing.registry import CodeTaken, DeviceRecord, PendingCode
+from server.pairing.networks import PendingCaps
+from server.pairing.registry import MAX_MEMORY_CLAIMS, CodeTaken, DeviceRecord, PendingCode, Unproven
 from server.sqlite_file import SqliteFile
 
 SCHEMA = """
@@ -34,6 +35,21 @@ CREATE TABLE IF NOT EXISTS pending (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pending_address ON pending(address);
+CREATE TABLE IF NOT EXISTS memory_claims (
+    device_id TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS device_keys (
+    device_id TEXT PRIMARY KEY,
+    hmac_key TEXT NOT NULL,
+    added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activation_proofs (
+    device_id TEXT PRIMARY KEY,
+    challenge TEXT NOT NULL,
+    proven REAL NOT NULL
+);
 """
 
 _DEVICE_COLS = "device_id, client_id, board, firmware, first_seen, last_seen, paired_at, owner, generation"
@@ -81,8 +97,7 @@ class SqliteDeviceRegistry:
             return _pending(row) if row else None
         return await self._run(read)
 
-    async def add_pending(self, candidate: PendingCode, max_total: int, max_per_address: int,
-                          now: float) -> PendingCode | None:
+    async def add_pending(self, candidate: PendingCode, caps: PendingCaps, now: float) -> PendingCode | None:
         def write(db: sqlite3.Connection) -> PendingCode | None:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -97,10 +112,8 @@ class SqliteDeviceRegistry:
                     # Same device id, another client id: a new board, or someone else claiming
                     # this id. The newest request gets the code; the owner sees both ids.
                     db.execute("DELETE FROM pending WHERE device_id = ?", (candidate.device_id,))
-                total = db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
-                here = db.execute("SELECT COUNT(*) FROM pending WHERE address = ?",
-                                  (candidate.address,)).fetchone()[0]
-                if total >= max_total or here >= max_per_address:
+                addresses = [r[0] for r in db.execute("SELECT address FROM pending")]
+                if caps.refusal(addresses, candidate.address) is not None:
                     db.execute("ROLLBACK")
                     return None
                 try:
@@ -129,6 +142,11 @@ class SqliteDeviceRegistry:
                     db.execute("ROLLBACK")
                     return None
                 p = _pending(row)
+                if db.execute("SELECT 1 FROM device_keys WHERE device_id = ?", (p.device_id,)).fetchone() and \
+                        not db.execute("SELECT 1 FROM activation_proofs WHERE device_id = ? AND challenge = ?",
+                                       (p.device_id, p.challenge)).fetchone():
+                    db.execute("ROLLBACK")
+                    raise Unproven(p.device_id)
                 db.execute(
                     f"INSERT INTO devices ({_DEVICE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
                     "ON CONFLICT(device_id) DO UPDATE SET client_id = excluded.client_id, board = excluded.board, "
@@ -136,6 +154,7 @@ class SqliteDeviceRegistry:
                     "owner = excluded.owner",
                     (p.device_id, p.client_id, p.board, p.firmware, p.created, now, now, owner))
                 db.execute("DELETE FROM pending WHERE device_id = ?", (p.device_id,))
+                db.execute("DELETE FROM activation_proofs WHERE device_id = ?", (p.device_id,))
                 out = db.execute(f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?",
                                  (p.device_id,)).fetchone()
                 db.execute("COMMIT")
@@ -151,6 +170,7 @@ class SqliteDeviceRegistry:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute("DELETE FROM pending WHERE device_id = ?", (device_id,))
+                db.execute("DELETE FROM activation_proofs WHERE device_id = ?", (device_id,))
                 db.execute("UPDATE devices SET paired_at = NULL, generation = generation + 1 WHERE device_id = ?",
                            (device_id,))
                 row = db.execute(f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -187,3 +207,44 @@ class SqliteDeviceRegistry:
                     out[device_id] = generation if paired_at is not None else None
             return out
         return await self._run(read)
+
+    async def claim_memory(self, device_id: str, client_id: str, now: float) -> str | None:
+        def write(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT client_id FROM memory_claims WHERE device_id = ?", (device_id,)).fetchone()
+            if row is not None:
+                return str(row[0])
+            if db.execute("SELECT COUNT(*) FROM memory_claims").fetchone()[0] >= MAX_MEMORY_CLAIMS:
+                return None
+            db.execute("INSERT OR IGNORE INTO memory_claims (device_id, client_id, first_seen) VALUES (?, ?, ?)",
+                       (device_id, client_id, now))
+            row = db.execute("SELECT client_id FROM memory_claims WHERE device_id = ?", (device_id,)).fetchone()
+            return str(row[0])
+        return await self._run(write)
+
+    async def release_memory(self, device_id: str) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM memory_claims WHERE device_id = ?", (device_id,)).rowcount > 0
+        return await self._run(write)
+
+    async def set_key(self, device_id: str, key_hex: str | None, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            if key_hex is None:
+                db.execute("DELETE FROM device_keys WHERE device_id = ?", (device_id,))
+            else:
+                db.execute("INSERT INTO device_keys (device_id, hmac_key, added) VALUES (?, ?, ?) "
+                           "ON CONFLICT(device_id) DO UPDATE SET hmac_key = excluded.hmac_key, added = excluded.added",
+                           (device_id, key_hex, now))
+        await self._run(write)
+
+    async def get_key(self, device_id: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT hmac_key FROM device_keys WHERE device_id = ?", (device_id,)).fetchone()
+            return str(row[0]) if row else None
+        return await self._run(read)
+
+    async def add_proof(self, device_id: str, challenge: str, now: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO activation_proofs (device_id, challenge, proven) VALUES (?, ?, ?) "
+                       "ON CONFLICT(device_id) DO UPDATE SET challenge = excluded.challenge, proven = excluded.proven",
+                       (device_id, challenge, now))
+        await self._run(write)

@@ -28,3 +28,6 @@ class DeviceInfo:
     # The registry generation of the token this connection authenticated with (pairing on);
     # None without one. Vision tokens handed to the device carry it, so revoking stops them too.
     auth_generation: int | None = None
+    # Whose memory this connection gets ("" = the device id): a connection that did not prove its
+    # device id gets its own (server/pairing/memory_identity.py).
+    memory_identity: str = ""

@@ -66,7 +66,7 @@ class Session:
         self.services = services
         self.endpoint = endpoint
         self.device = device
-        self.conversation = Conversation(services, self, device.device_id)
+        self.conversation = Conversation(services, self, device.device_id, memory_identity=device.memory_identity)
         self.session_id = self.conversation.session_id
         self.tag = self.conversation.tag
         self.language = self.conversation.language

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.pairing.registry import CodeTaken, DeviceRecord, PendingCode
+from server.pairing.networks import PendingCaps
+from server.pairing.registry import MAX_MEMORY_CLAIMS, CodeTaken, DeviceRecord, PendingCode, Unproven
 from server.state.postgres import migrate
 
 # Any constant, distinct from the migration lock: serializes code minting across processes.
@@ -43,6 +44,24 @@ REGISTRY_MIGRATIONS: list[str] = [
         expires DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX IF NOT EXISTS pairing_codes_address ON pairing_codes (address);
+    """,
+    # Issue 10: memory claims (trust on first use), activation HMAC keys and their proofs.
+    """
+    CREATE TABLE IF NOT EXISTS memory_claims (
+        device_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS device_keys (
+        device_id TEXT PRIMARY KEY,
+        hmac_key TEXT NOT NULL,
+        added DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS activation_proofs (
+        device_id TEXT PRIMARY KEY,
+        challenge TEXT NOT NULL,
+        proven DOUBLE PRECISION NOT NULL
+    );
     """,
 ]
 
@@ -85,8 +104,7 @@ class PgDeviceRegistry:
                                        "WHERE device_id = $1 AND expires > $2", device_id, now)
         return _pending(row) if row else None
 
-    async def add_pending(self, candidate: PendingCode, max_total: int, max_per_address: int,
-                          now: float) -> PendingCode | None:
+    async def add_pending(self, candidate: PendingCode, caps: PendingCaps, now: float) -> PendingCode | None:
         import asyncpg
 
         c = candidate
@@ -101,9 +119,8 @@ class PgDeviceRegistry:
                     return existing
                 # Same device id, another client id: the newest request gets the code.
                 await conn.execute("DELETE FROM pairing_codes WHERE device_id = $1", c.device_id)
-            total = await conn.fetchval("SELECT COUNT(*) FROM pairing_codes")
-            here = await conn.fetchval("SELECT COUNT(*) FROM pairing_codes WHERE address = $1", c.address)
-            if total >= max_total or here >= max_per_address:
+            addresses = [r["address"] for r in await conn.fetch("SELECT address FROM pairing_codes")]
+            if caps.refusal(addresses, c.address) is not None:
                 return None
             try:
                 async with conn.transaction():  # a savepoint: a taken code leaves the rest intact
@@ -122,6 +139,11 @@ class PgDeviceRegistry:
             if row is None:
                 return None
             p = _pending(row)
+            if await conn.fetchval("SELECT 1 FROM device_keys WHERE device_id = $1", p.device_id) and \
+                    not await conn.fetchval("SELECT 1 FROM activation_proofs WHERE device_id = $1 AND challenge = $2",
+                                            p.device_id, p.challenge):
+                raise Unproven(p.device_id)  # the transaction rolls back: the code stays pending
+            await conn.execute("DELETE FROM activation_proofs WHERE device_id = $1", p.device_id)
             out = await conn.fetchrow(
                 f"INSERT INTO devices ({_DEVICE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1) "  # noqa: S608
                 "ON CONFLICT (device_id) DO UPDATE SET client_id = excluded.client_id, board = excluded.board, "
@@ -133,6 +155,7 @@ class PgDeviceRegistry:
     async def revoke(self, device_id: str) -> DeviceRecord | None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("DELETE FROM pairing_codes WHERE device_id = $1", device_id)
+            await conn.execute("DELETE FROM activation_proofs WHERE device_id = $1", device_id)
             row = await conn.fetchrow("UPDATE devices SET paired_at = NULL, generation = generation + 1 "
                                       f"WHERE device_id = $1 RETURNING {_DEVICE_COLS}", device_id)
             return _device(row) if row else None
@@ -153,3 +176,34 @@ class PgDeviceRegistry:
         for r in rows:
             out[r["device_id"]] = int(r["generation"]) if r["paired_at"] is not None else None
         return out
+
+    async def claim_memory(self, device_id: str, client_id: str, now: float) -> str | None:
+        owner = await self.pool.fetchval("SELECT client_id FROM memory_claims WHERE device_id = $1", device_id)
+        if owner is not None:
+            return str(owner)
+        if await self.pool.fetchval("SELECT COUNT(*) FROM memory_claims") >= MAX_MEMORY_CLAIMS:
+            return None
+        await self.pool.execute("INSERT INTO memory_claims (device_id, client_id, first_seen) VALUES ($1, $2, $3) "
+                                "ON CONFLICT (device_id) DO NOTHING", device_id, client_id, now)
+        return str(await self.pool.fetchval("SELECT client_id FROM memory_claims WHERE device_id = $1", device_id))
+
+    async def release_memory(self, device_id: str) -> bool:
+        status = await self.pool.execute("DELETE FROM memory_claims WHERE device_id = $1", device_id)
+        return not str(status).endswith(" 0")
+
+    async def set_key(self, device_id: str, key_hex: str | None, now: float) -> None:
+        if key_hex is None:
+            await self.pool.execute("DELETE FROM device_keys WHERE device_id = $1", device_id)
+        else:
+            await self.pool.execute("INSERT INTO device_keys (device_id, hmac_key, added) VALUES ($1, $2, $3) "
+                                    "ON CONFLICT (device_id) DO UPDATE SET hmac_key = excluded.hmac_key, "
+                                    "added = excluded.added", device_id, key_hex, now)
+
+    async def get_key(self, device_id: str) -> str | None:
+        key = await self.pool.fetchval("SELECT hmac_key FROM device_keys WHERE device_id = $1", device_id)
+        return str(key) if key is not None else None
+
+    async def add_proof(self, device_id: str, challenge: str, now: float) -> None:
+        await self.pool.execute("INSERT INTO activation_proofs (device_id, challenge, proven) VALUES ($1, $2, $3) "
+                                "ON CONFLICT (device_id) DO UPDATE SET challenge = excluded.challenge, "
+                                "proven = excluded.proven", device_id, challenge, now)

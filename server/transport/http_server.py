@@ -206,6 +206,11 @@ class HttpApi:
         client_id = safe_client_id(request.headers.get("Client-Id"))
         if device_id and await self.pairing.is_paired(device_id, client_id):
             return self._json({"status": "ok"})
+        if device_id and await self.pairing.check_activation(device_id, client_id, body) == "bad":
+            # A registered key and no matching HMAC: this code will not be accepted.
+            self.services.metrics.count("activation_hmac_refused")
+            return self._json({"error": "activation HMAC does not match this device's registered key"},
+                              status=403)
         # Unknown, pending, or another client's id: the same answer, so nothing is revealed.
         return self._json({"status": "waiting", "message": "waiting for the owner to confirm the code"},
                           status=202)

@@ -78,30 +78,36 @@ class RateLimiter:
 @dataclass(slots=True)
 class ConnectionSlots:
     """Open connections, in all and per address. `acquire` before accepting, `release` when the
-    connection ends (exactly once per successful acquire)."""
+    connection ends (exactly once per successful acquire). An address of None counts in the
+    total only (a declared reverse proxy: its clients are counted by their forwarded address)."""
 
     max_total: int
     max_per_address: int
     total: int = 0
     _per: dict[str, int] = field(default_factory=dict)
 
-    def refusal(self, address: str) -> str | None:
+    def refusal(self, address: str | None) -> str | None:
         """Why a new connection from `address` must be refused now, or None."""
         if self.max_total and self.total >= self.max_total:
             return f"server full ({self.total} connections)"
+        if address is None:
+            return None
         if self.max_per_address and self._per.get(address, 0) >= self.max_per_address:
             return f"too many connections from {address} ({self._per[address]})"
         return None
 
-    def acquire(self, address: str) -> str | None:
+    def acquire(self, address: str | None) -> str | None:
         reason = self.refusal(address)
         if reason is None:
             self.total += 1
-            self._per[address] = self._per.get(address, 0) + 1
+            if address is not None:
+                self._per[address] = self._per.get(address, 0) + 1
         return reason
 
-    def release(self, address: str) -> None:
+    def release(self, address: str | None) -> None:
         self.total = max(0, self.total - 1)
+        if address is None:
+            return
         n = self._per.get(address, 0) - 1
         if n > 0:
             self._per[address] = n

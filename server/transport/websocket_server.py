@@ -5,6 +5,10 @@ Protocol-Version; browsers, which cannot set headers, may pass the same as query
 Authentication is decided before the upgrade, so a rejected device gets a plain HTTP 401 (the
 firmware then shows "server not connected" at once instead of waiting 10 s for a hello). A plain
 HTTP GET (no upgrade) gets a one-line status text.
+
+Connections are counted against the limits from the TCP accept, not from the upgrade: a client
+that opens sockets and never finishes (or never starts) its handshake holds a slot like any other,
+and one beyond the limits is answered 503 and closed at once, before it costs a handshake.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,17 +25,24 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from server.pairing import Pairing
+from server.pairing.memory_identity import MemoryIdentities, derived_identity
 from server.protocol import framing
 from server.runtime import Services
 from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
 from server.transport.device_id import resolve_identity, safe_client_id
-from server.transport.limits import ConnectionSlots, client_address
+from server.transport.limits import ConnectionSlots, client_address, host_of
 
 log = logging.getLogger("server.ws")
 
 STATUS_TEXT = "xiaozhi voice server is running. Devices connect here over WebSocket.\n"
+_FULL = b"too many connections\n"
+FULL_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(_FULL), _FULL))
+# A refused socket is half-closed after the 503 and dropped this much later, so the client reads
+# the answer (closing with its request unread would reset the connection and lose the 503).
+REFUSED_LINGER_S = 1.0
 
 
 class WsEndpoint:
@@ -100,7 +112,9 @@ def device_info_from(request: Request, remote: str) -> DeviceInfo:
     version = headers.get("Protocol-Version") or query.get("protocol-version")
     return DeviceInfo(device_id=identity.device_id, client_id=safe_client_id(raw_client), remote=remote,
                       protocol_version=framing.negotiate_version(version),
-                      user_agent=headers.get("User-Agent", ""), host=headers.get("Host", ""))
+                      user_agent=headers.get("User-Agent", ""), host=headers.get("Host", ""),
+                      # A per-connection identity is its own memory already: nothing to claim.
+                      memory_identity=identity.device_id if identity.anonymous else "")
 
 
 def authorization_from(request: Request) -> str:
@@ -112,14 +126,84 @@ def authorization_from(request: Request) -> str:
 
 
 class DeviceServer:
-    def __init__(self, services: Services, auth: TokenAuth, pairing: Pairing | None = None) -> None:
+    def __init__(self, services: Services, auth: TokenAuth, pairing: Pairing | None = None,
+                 identities: MemoryIdentities | None = None) -> None:
         self.services = services
         self.auth = auth
         self.pairing = pairing
+        self.identities = identities
         cfg = services.config.server
+        # Counted from the TCP accept, by socket peer (a declared proxy's sockets count in the
+        # total only) ...
         self.slots = ConnectionSlots(cfg.limits.max_connections, cfg.limits.max_connections_per_address)
+        # ... and, behind a declared proxy, per forwarded client address once the request is read.
+        self.proxied = ConnectionSlots(0, cfg.limits.max_connections_per_address)
         self.trusted_proxies = frozenset(cfg.trusted_proxies)
         self.allowed_origins = frozenset(cfg.allowed_origins)
+        self._last_refusal_log = 0.0
+        self._refused_since_log = 0
+
+    # ------------------------------------------------------------------ counting from accept
+
+    def connection_class(self) -> type[ServerConnection]:
+        """The connection class for `serve(create_connection=...)`: it takes a slot when the TCP
+        connection is accepted and gives it back when the socket closes, whatever the handshake
+        did in between."""
+        gate = self
+
+        class CountedConnection(ServerConnection):
+            slot: tuple[str | None] | None = None  # (address,) while this socket holds a slot
+            proxied_slot: str | None = None
+            refused = False
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                peer = transport.get_extra_info("peername")
+                host = host_of(f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer))
+                key = None if host in gate.trusted_proxies else host
+                reason = gate.slots.acquire(key)
+                if reason is not None:
+                    # Refused before websockets sees it: no handler task, no handshake.
+                    self.refused = True
+                    gate._refused(reason)
+                    assert isinstance(transport, asyncio.Transport)
+                    transport.write(FULL_RESPONSE)
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                    asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
+                    return
+                self.slot = (key,)
+                super().connection_made(transport)
+
+            def data_received(self, data: bytes) -> None:
+                if not self.refused:
+                    super().data_received(data)
+
+            def eof_received(self) -> bool | None:
+                return None if self.refused else super().eof_received()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self.refused:
+                    return
+                try:
+                    super().connection_lost(exc)
+                finally:
+                    if self.slot is not None:
+                        gate.slots.release(self.slot[0])
+                        self.slot = None
+                    if self.proxied_slot is not None:
+                        gate.proxied.release(self.proxied_slot)
+                        self.proxied_slot = None
+
+        return CountedConnection
+
+    def _refused(self, reason: str) -> None:
+        """Count every refusal; log at most one line per second (a flood must not flood the log)."""
+        self.services.metrics.count("connections_refused")
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            log.warning("refused %d connection(s): %s", self._refused_since_log, reason)
+            self._last_refusal_log, self._refused_since_log = now, 0
 
     def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, text: str, counter: str) -> Response:
         self.services.metrics.count(counter)
@@ -136,11 +220,13 @@ class DeviceServer:
             log.warning("rejected a browser connection from %s: origin %r is not in server.allowed_origins",
                         address, origin[:80])
             return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "origin not allowed\n", "origin_rejected")
-        refusal = self.slots.refusal(address)
-        if refusal is not None:
-            log.warning("rejected a connection: %s", refusal)
-            return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n",
-                                "connections_refused")
+        if host_of(remote) in self.trusted_proxies:
+            # The socket is counted (in the total) since its accept; its real client is known now.
+            refusal = self.proxied.acquire(address)
+            if refusal is not None:
+                self._refused(refusal)
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+            connection.proxied_slot = address  # type: ignore[attr-defined]  # released when the socket closes
         info = device_info_from(request, remote)
         result = self.auth.check(info.device_id, info.client_id, authorization_from(request))
         reason = result.reason
@@ -156,36 +242,37 @@ class DeviceServer:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "authentication failed\n")
         if self.pairing is not None and not result.allow_listed:
             info.auth_generation = result.generation
+        # Only a token the registry vouches for (or an allow-listed id) proves the device id;
+        # anything else gets memory by trust on first use (server/pairing/memory_identity.py).
+        verified = self.auth.enabled and (result.allow_listed or self.pairing is not None)
+        if not verified and not info.memory_identity and self.identities is not None:
+            try:
+                info.memory_identity = await self.identities.resolve(info.device_id, info.client_id,
+                                                                     authorization_from(request))
+            except Exception:  # noqa: BLE001 - a registry hiccup: a memory of its own, never another's
+                log.exception("[%s] memory identity check failed; using a separate memory", info.device_id)
+                info.memory_identity = derived_identity(info.device_id, info.client_id)
         connection.device_info = info  # type: ignore[attr-defined]
         connection.client_address = address  # type: ignore[attr-defined]
         return None
 
     async def handler(self, connection: ServerConnection) -> None:
         info: DeviceInfo = connection.device_info  # type: ignore[attr-defined]
-        address: str = connection.client_address  # type: ignore[attr-defined]
-        # Counted for the handler's lifetime (a handshake that fails never gets here, so nothing
-        # leaks); the check before the upgrade keeps almost all excess out, this one all of it.
-        if self.slots.acquire(address) is not None:
-            self.services.metrics.count("connections_refused")
-            await connection.close(1013, "too many connections")
-            return
+        # The connection holds its slot since the TCP accept (CountedConnection).
+        limits = self.services.config.server.limits
+
+        def overflow(why: str) -> None:
+            self.services.metrics.count("slow_reader_closed")
+            log.warning("[%s] closing: %s (the client is not reading)", info.device_id, why)
+
+        endpoint = WsEndpoint(connection, limits.max_pending_sends, limits.send_timeout_s, overflow)
+        session = Session(self.services, endpoint, info)
         try:
-            limits = self.services.config.server.limits
-
-            def overflow(why: str) -> None:
-                self.services.metrics.count("slow_reader_closed")
-                log.warning("[%s] closing: %s (the client is not reading)", info.device_id, why)
-
-            endpoint = WsEndpoint(connection, limits.max_pending_sends, limits.send_timeout_s, overflow)
-            session = Session(self.services, endpoint, info)
-            try:
-                await session.run(connection)
-            except ConnectionClosed:
-                pass
-            except Exception:  # noqa: BLE001 - one broken session never affects the others
-                log.exception("[%s] session crashed", info.device_id)
-        finally:
-            self.slots.release(address)
+            await session.run(connection)
+        except ConnectionClosed:
+            pass
+        except Exception:  # noqa: BLE001 - one broken session never affects the others
+            log.exception("[%s] session crashed", info.device_id)
 
     async def watch_revocations(self) -> None:
         """End the open sessions of devices the owner revoked (their new connections are refused
