@@ -38,6 +38,7 @@ from bench.testset import E2E_QUESTIONS, speech
 from harness.devsim import DeviceConnectError, DeviceIdentity, SimDevice
 
 ROOT = Path(__file__).resolve().parents[1]
+RSS_EVERY_S = 30.0  # RSS timeline sampling during the abuse
 KINDS = ("token", "ota", "activate", "metrics", "half_open", "holder")
 METRICS_TOKEN = "bench-abuse-metrics"
 
@@ -70,6 +71,9 @@ class AbuseResult:
     good: list[GoodTurn] = field(default_factory=list)
     abuser_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     rss_mb: dict[str, float] = field(default_factory=dict)
+    # (seconds since the abuse started, RSS MB) every RSS_EVERY_S: growth over a long soak.
+    rss_timeline: list[tuple[float, float]] = field(default_factory=list)
+    good_rounds: int = 0  # rounds of questions the good devices asked during the abuse
     sessions_after_settle: int | None = None
     load_average: dict[str, list[float]] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +94,7 @@ class AbuseResult:
         return {"options": asdict(self.options), "summary": self.summary(),
                 "good_turns": [asdict(t) for t in self.good],
                 "abuser_outcomes": self.abuser_outcomes, "rss_mb": self.rss_mb,
+                "rss_timeline": self.rss_timeline, "good_rounds": self.good_rounds,
                 "sessions_after_settle": self.sessions_after_settle, "counters": self.counters,
                 "load_average": self.load_average,
                 "errors": self.errors}
@@ -278,11 +283,28 @@ async def run_abuse(ws_url: str, http_url: str, ws_port: int, pid: int, good: li
         sys.executable, "-m", "bench.abuse", ws_url, http_url, str(ws_port), str(opts.abusers), str(opts.seconds),
         ",".join(holders), cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     peak = 0.0
+    started = time.monotonic()
+
+    async def good_rounds() -> None:
+        # The good devices keep talking for the whole abuse, round after round (a long soak
+        # measures them at its end too, not only in its first minute).
+        while True:
+            t0 = time.monotonic()
+            await good_phase("abuse", good, ws_url, questions, opts, result.good)
+            result.good_rounds += 1
+            if time.monotonic() + (time.monotonic() - t0) > deadline:
+                return  # no time for another whole round inside the abuse
+
     try:
         await asyncio.sleep(min(5.0, opts.seconds / 4))
-        good_task = asyncio.create_task(good_phase("abuse", good, ws_url, questions, opts, result.good))
+        good_task = asyncio.create_task(good_rounds())
+        next_sample = started
         while time.monotonic() < deadline or not good_task.done():
-            peak = max(peak, rss_mb(pid))
+            now_rss = rss_mb(pid)
+            peak = max(peak, now_rss)
+            if time.monotonic() >= next_sample:
+                result.rss_timeline.append((round(time.monotonic() - started), now_rss))
+                next_sample += RSS_EVERY_S
             await asyncio.sleep(1.0)
             if time.monotonic() > deadline + opts.turn_timeout_s * 2:
                 break
@@ -328,6 +350,9 @@ def print_abuse(result: AbuseResult, console: Console) -> None:
         console.print(f"{phase:<8} {s[phase]['turns']:>5} {s[phase]['failed']:>6} {ms('p50'):>16} {ms('p95'):>8} "
                       f"{ms('max'):>8} {f'{stt:.0f}' if stt is not None else '-':>8}")
     console.print("RSS MB: " + ", ".join(f"{k} {v}" for k, v in result.rss_mb.items()))
+    if result.rss_timeline:
+        console.print("RSS MB during the abuse: " + ", ".join(f"{t:.0f} s {v}" for t, v in result.rss_timeline)
+                      + f" ({result.good_rounds} rounds of good questions)")
     console.print(f"sessions after settling: {result.sessions_after_settle}; load average "
                   + ", ".join(f"{k} {v[0]:.1f}" for k, v in result.load_average.items()))
     for kind, outcomes in result.abuser_outcomes.items():
