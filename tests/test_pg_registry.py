@@ -14,7 +14,7 @@ import pytest
 
 from server.pairing import Pairing, PairingConfig, SqliteDeviceRegistry
 from server.pairing.networks import PendingCaps
-from server.pairing.registry import CodeTaken, PendingCode
+from server.pairing.registry import CodeTaken, PendingCode, Unproven
 from server.state import open_state
 from server.state.config import StateConfig
 
@@ -73,6 +73,39 @@ async def test_registry_contract(registry: Any) -> None:
     assert [d.device_id for d in await registry.list_devices()] == [MAC]
     assert [p.code for p in await registry.list_pending(1003.0)] == ["333333"]
     assert await registry.list_pending(2000.0) == [], "expired codes are not listed"
+
+
+async def test_registry_claims_keys_proofs_and_network_caps(registry: Any) -> None:
+    """Issue 10's additions behave the same on both engines."""
+    other = "9b1c3a9e-1b2c-4d5e-8f90-123456789abc"
+    assert await registry.claim_memory(MAC, CLIENT, 1.0) == CLIENT
+    assert await registry.claim_memory(MAC, other, 2.0) == CLIENT  # first use wins
+    assert await registry.release_memory(MAC) and not await registry.release_memory(MAC)
+    assert await registry.claim_memory(MAC, other, 3.0) == other
+    # A registered key: the code is confirmed only after a proof for its challenge.
+    await registry.set_key(MAC, "ab" * 32, 1000.0)
+    assert await registry.get_key(MAC) == "ab" * 32
+    assert await registry.add_pending(pending("555555"), PendingCaps(10, 10), 1000.0) is not None
+    with pytest.raises(Unproven):
+        await registry.confirm("555555", "owner", 1001.0)
+    await registry.add_proof(MAC, "another challenge", 1001.0)
+    with pytest.raises(Unproven):
+        await registry.confirm("555555", "owner", 1001.0)
+    await registry.add_proof(MAC, "challenge", 1001.0)
+    assert (await registry.confirm("555555", "owner", 1002.0)).paired
+    await registry.set_key(MAC, None, 1003.0)
+    assert await registry.get_key(MAC) is None
+    # Per public network, and a share kept for the LAN.
+    caps = PendingCaps(max_total=6, max_per_address=5, max_per_network=2, max_public=3)
+    stored = [await registry.add_pending(pending(f"6000{i:02d}", device=f"02:00:00:00:06:{i:02x}",
+                                                 address=f"44.1.1.{i}"), caps, 1000.0) for i in range(4)]
+    assert [s is not None for s in stored] == [True, True, False, False]
+    assert await registry.add_pending(pending("600100", device="02:00:00:00:07:01", address="44.2.2.2"),
+                                      caps, 1000.0) is not None
+    assert await registry.add_pending(pending("600101", device="02:00:00:00:07:02", address="44.3.3.3"),
+                                      caps, 1000.0) is None  # the public share (3) is full
+    assert await registry.add_pending(pending("600102", device="02:00:00:00:07:03", address="192.168.1.9"),
+                                      caps, 1000.0) is not None  # the LAN still pairs
     assert await registry.confirm("333333", "x", 2000.0) is None, "expired codes cannot be claimed"
 
 
