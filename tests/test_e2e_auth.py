@@ -146,10 +146,20 @@ async def test_allow_listed_device_needs_no_token(auth_server: ServerProcess) ->
         assert result.completed
 
 
+# Servers that never hold a conversation (pairing, tokens, restarts only) start without loading
+# local models: remote providers at an address nothing listens on, never called. Three such
+# starts take seconds instead of a minute; what is tested (secret, registry, tokens) is the same.
+NO_MODELS = {
+    "asr": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k", "model": "m"},
+    "llm": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k", "model": "m"},
+    "tts": {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "k", "model": "m", "voice": "v"},
+}
+
+
 async def test_pairing_and_tokens_survive_a_restart(tmp_path) -> None:
     """The secret and the registry are kept under data/: a device paired before a restart keeps
     its token after it. With pairing off, any device gets a token (the reference behaviour)."""
-    overrides = {"server": {"auth": {"enabled": True}}, "data_dir": str(tmp_path / "data")}
+    overrides = {"server": {"auth": {"enabled": True}}, "data_dir": str(tmp_path / "data"), **NO_MODELS}
     async with SimDevice() as dev:
         async with start_server(overrides) as first:
             await pair(first, dev)
@@ -158,7 +168,7 @@ async def test_pairing_and_tokens_survive_a_restart(tmp_path) -> None:
             assert await try_connect(second, token, dev) == 101
             await dev.close()
             assert "activation" not in await dev.ota(second.http_url)
-    legacy = {"server": {"auth": {"enabled": True, "pairing": {"enabled": False}}}}
+    legacy = {"server": {"auth": {"enabled": True, "pairing": {"enabled": False}}}, **NO_MODELS}
     async with start_server(legacy) as server, SimDevice() as dev:
         data = await dev.ota(server.http_url)
         assert "activation" not in data and data["websocket"]["token"].startswith("v2.")
