@@ -54,7 +54,7 @@ def devices_main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    if not config.server.auth.enabled:
+    if not config.server.auth.enabled and args.action != "release":
         print("note: server.auth.enabled is false, so pairing is not enforced", file=sys.stderr)
     return cli.main(args, root / config.data_dir, config.server.auth.pairing, config.state)
 
