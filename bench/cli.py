@@ -32,6 +32,7 @@ modes (combine freely; with none given: --components and --e2e, or only --e2e wi
   --ramp         add devices until p95 first-reply latency passes --threshold-ms
   --idle N       server RSS and CPU with 0, 1 and N connected devices nobody talks to
   --compare A B  ratios between two saved reports (nothing is measured)
+  --cutoff       end-of-turn cut-off rate on speech with mid-sentence pauses (alone; no server)
   --xiaomi N     the Xiaomi bridge against the fake Xiaomi cloud: RSS/CPU with 0, 1 and N speakers
                  polling, and query-visible -> first speak command latency (alone, not combined)
 
@@ -83,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "--fake-tokens-per-s, --idle-settle, --prompts as rounds, --out)")
     m.add_argument("--xiaomi-poll-s", type=float, default=1.0, metavar="S",
                    help="--xiaomi: the bridge's poll interval (default 1.0, as config.yaml)")
+    m.add_argument("--cutoff", action="store_true",
+                   help="end-of-turn cut-off benchmark (alone): espeak-ng requests with mid-sentence pauses and "
+                        "finished ones through the server's VAD, listener and adaptive end of turn; cut-off rate "
+                        "and end-of-turn delay per policy (fixed windows, adaptive, adaptive + partials)")
+    m.add_argument("--cutoff-asr-ms", type=int, default=200, metavar="MS",
+                   help="--cutoff: the ASR's answer time in audio time (default 200)")
+    m.add_argument("--cutoff-langs", default="en,zh", metavar="L",
+                   help="--cutoff: languages, en and/or zh (zh needs espeak-ng cmn and a multilingual Whisper)")
+    m.add_argument("--cutoff-limit", type=int, default=None, metavar="N",
+                   help="--cutoff: at most N paused and N finished requests per language")
 
     c = p.add_argument_group("configuration and target")
     c.add_argument("--config", metavar="FILE",
@@ -247,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(*args.compare)
     if args.xiaomi is not None:
         return xiaomi_main(args)
+    if args.cutoff:
+        from bench.cutoff_main import cutoff_main
+
+        return cutoff_main(args, override_path(args), DEFAULT_OUT_DIR)
     try:
         return asyncio.run(run_main(args, list(sys.argv if argv is None else ["performance_tester.py", *argv])))
     except KeyboardInterrupt:  # a second Ctrl-C while the report was being written

@@ -48,6 +48,9 @@ class OpenAIASRSettings(ProviderSettings):
     retries: int = Field(default=1, ge=0, le=5)
     retry_backoff_s: float = Field(default=0.3, ge=0, le=30)
     extra_body: dict[str, Any] = Field(default_factory=dict)  # extra form fields
+    # Partial transcripts while the user speaks (vad.partial_asr_ms): a remote service does the
+    # work, so they cost an upload each; false to save requests on a metered plan.
+    partials: bool = True
 
 
 def parse_tags(text: str) -> tuple[str, str | None, str | None]:
@@ -66,6 +69,10 @@ class OpenAIASR(OpenAIClientProvider):
     local = False
     Settings = OpenAIASRSettings
     settings: OpenAIASRSettings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cheap_partials = self.settings.partials
 
     async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript:
         from server.audio.pcm import write_wav
