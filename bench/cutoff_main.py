@@ -36,10 +36,7 @@ async def load_asrs(config: Any, langs: list[str], notes: list[str]) -> dict[str
     ctx = provider_context(config, ROOT)
     asrs: dict[str, Any] = {}
     for lang in langs:
-        if lang == "en":
-            settings = configured(config, "asr")[0]
-        else:
-            settings = FasterWhisperSettings(**ZH_ASR)
+        settings = configured(config, "asr")[0] if lang == "en" else FasterWhisperSettings(**ZH_ASR)
         provider = build_provider("asr", settings, ctx)
         try:
             await provider.load()
@@ -84,9 +81,13 @@ async def _run(args: Any, langs: list[str], override: Path | None, out_dir: Path
         print(line)
     for note in report.notes:
         print("note: " + note)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = Path(args.out) if getattr(args, "out", None) else \
         out_dir / f"cutoff-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
+    await asyncio.to_thread(save, path, report.to_dict())
     print(f"saved {path}")
     return 0
+
+
+def save(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=1))
