@@ -147,7 +147,7 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
         _put(out, "e2e.stt_wer", s.get("stt_wer"))
         _put_stats(out, "e2e.frame_jitter_ms", s.get("frame_jitter_ms"), ("p50", "p95", "max"))
         for key in ("speculation_started", "speculation_used", "speculation_discarded",
-                    "speculation_wasted_llm_chunks"):
+                    "speculation_wasted_llm_chunks", "partial_asr_started", "partial_asr_reused"):
             _put(out, f"e2e.{key}", run.e2e.server_counters.get(key, 0))
         _put(out, "e2e.stalls", s.get("stalls"))
         _put(out, "e2e.turns_failed", s.get("turns_failed"))
@@ -385,10 +385,15 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
                       f"{counters.get('speculation_used', 0)} used, {counters.get('speculation_discarded', 0)} "
                       f"thrown away ({counters.get('speculation_wasted_llm_chunks', 0)} streamed LLM pieces wasted); "
                       f"{spec} of {len(voice)} voice turns answered by one")
-    if counters.get("early_asr_started"):
-        started, used = counters["early_asr_started"], counters.get("early_asr_used", 0)
-        console.print(f"Early ASR: {started} started during endpoint waits, {used} handed to a turn, "
-                      f"{started - used} thrown away (the speaker went on)")
+    reused = counters.get("partial_asr_reused", 0)
+    if counters.get("early_asr_started") or reused:
+        # A reused closing partial is handed over as the early transcript without a new request.
+        started, used = counters.get("early_asr_started", 0) + reused, counters.get("early_asr_used", 0)
+        console.print(f"Early ASR: {started} started during endpoint waits ({reused} of them the closing partial, "
+                      f"reused), {used} handed to a turn, {started - used} thrown away (the speaker went on)")
+    if counters.get("partial_asr_started"):
+        console.print(f"Partial ASR: {counters['partial_asr_started']} transcriptions of the growing utterance "
+                      f"while users spoke (vad.partial_asr_ms)")
     r = e2e.resources
     if r.get("cpu_percent_mean") is not None:
         console.print(f"Server process: CPU mean {r['cpu_percent_mean']}% (peak {r['cpu_percent_peak']}%, 100% = one "
