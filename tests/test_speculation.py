@@ -42,8 +42,10 @@ async def spec_server(fake: FakeOpenAIServer) -> AsyncIterator[ServerProcess]:
         "asr": {"type": "openai", "base_url": fake.base_url, "api_key": "", "model": "fake-whisper",
                 "language": "en"},
         # A fixed 1 s window (no adaptive end; room for a slow machine) and early ASR at 100 ms.
+        # No partials: the scripted transcripts are for the early transcriptions alone
+        # (partials: tests/test_partials.py).
         "vad": {"type": "silero", "min_silence_ms": 1000, "early_asr_ms": 100, "adaptive_end": False,
-                "speculate": True},
+                "speculate": True, "partial_asr_ms": 0},
         "intent": {"mode": "function_call"},
     }
     async with start_server(overrides) as proc:
