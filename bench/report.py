@@ -385,6 +385,9 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
                       f"{counters.get('speculation_used', 0)} used, {counters.get('speculation_discarded', 0)} "
                       f"thrown away ({counters.get('speculation_wasted_llm_chunks', 0)} streamed LLM pieces wasted); "
                       f"{spec} of {len(voice)} voice turns answered by one")
+        console.print("  per voice turn (started / used / thrown away / LLM pieces wasted): " + "; ".join(
+            f"{t.get('speculations_started', 0)}/{'yes' if t.get('speculative') else 'no'}/"
+            f"{t.get('speculations_discarded', 0)}/{t.get('speculation_wasted_llm_chunks', 0)}" for t in voice))
     reused = counters.get("partial_asr_reused", 0)
     if counters.get("early_asr_started") or reused:
         # A reused closing partial is handed over as the early transcript without a new request.

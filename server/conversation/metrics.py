@@ -32,6 +32,11 @@ class TurnMetrics:
     memory_ms: float = 0.0  # memory/persona lookups on this turn's critical path
     interrupted: bool = False
     speculative: bool = False  # answered by a reply started inside the silence window
+    # What speculation did for this utterance (server/session/speculation.py): replies started on
+    # its early transcripts, thrown away (the user went on), and their streamed LLM pieces.
+    speculations_started: int = 0
+    speculations_discarded: int = 0
+    speculation_wasted_llm_chunks: int = 0
     error: str = ""
     started: float = field(default_factory=time.monotonic)
 
