@@ -427,7 +427,7 @@ class UtteranceListener:
         return None
 
     def _drop_partials(self, keep: asyncio.Task[Any] | None = None) -> None:
-        partial, self._partial, self._latest = self._partial, None, None
+        partial, self._partial, self._latest, self._closing = self._partial, None, None, None
         early = self._early[1] if self._early is not None else None
         if partial is not None and partial.task is not keep and partial.task is not early:
             partial.task.cancel()
