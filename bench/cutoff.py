@@ -5,8 +5,9 @@ Test speech: espeak-ng utterances in English; Mandarin ones spoken by the server
 (harness/zh_speech.py: espeak-ng's `cmn` reads pinyin digits Whisper cannot transcribe) when
 the Mandarin extras and the multilingual Whisper are installed. Requests with a pause in the
 middle ("turn on the kitchen light and then ... the one in the hall",
-"嗯 ... 明天天气怎么样") at realistic lengths (300-900 ms), and finished requests with none. Each is laid out as lead-in silence, the spoken parts with their pauses, and a long
-trailing silence.
+"嗯 ... 明天天气怎么样") at realistic lengths (300-900 ms), and finished requests with none.
+Each is laid out as lead-in silence, the spoken parts with their pauses, and a long trailing
+silence.
 
 Everything that decides the end of a turn is the server's own code: Silero VAD probabilities of
 60 ms frames (the device's frame length), the `UtteranceListener` with its segmenter, early
