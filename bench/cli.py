@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server-pid", type=int, metavar="PID",
                    help="pid of the --url server, for CPU/RSS (default: found from the port when on this machine)")
     c.add_argument("--server-log", action="store_true", help="echo the started server's log to stderr")
+    c.add_argument("--server-cpus", metavar="LIST",
+                   help="pin the server (all its threads) to these CPUs, e.g. 1 or 2-3, and this tester to the "
+                        "others: on a shared machine, what the server needs is then measured on cores it "
+                        "does not share with the simulated devices (Linux)")
     c.add_argument("--fleet", type=int, metavar="N",
                    help="start N server processes on one PostgreSQL behind HAProxy (all on 127.0.0.1) and "
                         "run through the balancer (docs/deployment.md)")
@@ -217,6 +221,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--fleet N starts N >= 1 processes itself: drop --url")
     if args.hello and not args.fleet:
         parser.error("--hello needs --fleet")
+    if args.server_cpus is not None:
+        from bench.machine import parse_cpu_list
+
+        try:
+            args.server_cpus = parse_cpu_list(args.server_cpus)
+        except ValueError as exc:
+            parser.error(f"--server-cpus: {exc}")
     if (args.http_url or args.server_pid) and not args.url:
         parser.error("--http-url and --server-pid describe a running server: give its --url too")
     for name in ("devices", "prompts", "ramp_start", "ramp_step", "ramp_max"):
@@ -319,6 +330,13 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a provider module that fails to import
         print(f"error: cannot load the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if args.idle and not args.url and not args.fleet:
+        from bench.idle import server_overrides
+
+        extra = server_overrides(args.idle, config.server.limits, config.session.idle_timeout_s)
+        if extra:
+            overrides = with_fakes(overrides, extra)
+            config = effective_config(overrides)
     if not uses_fakes(args):
         return await run_measured(args, command, config, overrides, override, None)
     try:
@@ -502,6 +520,22 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
         console.log(f"server failed: {str(exc).splitlines()[0]}")
 
 
+def pin_server(args: argparse.Namespace, pid: int | None, console: Console) -> None:
+    if args.server_cpus is None:
+        return
+    from bench.machine import pin_process
+
+    if pid is None:
+        console.log("--server-cpus: the server's pid is unknown; nothing pinned")
+        return
+    try:
+        mine = pin_process(pid, args.server_cpus)
+    except OSError as exc:
+        console.log(f"--server-cpus: cannot pin: {exc}")
+        return
+    console.log(f"server pinned to CPU(s) {sorted(args.server_cpus)}, this tester to {sorted(mine)}")
+
+
 @contextlib.asynccontextmanager
 async def target(args: argparse.Namespace, overrides: dict[str, Any], console: Console) -> AsyncIterator[Any]:
     from bench.e2e import Target
@@ -510,6 +544,7 @@ async def target(args: argparse.Namespace, overrides: dict[str, Any], console: C
 
     if args.url:
         pid = args.server_pid or await asyncio.to_thread(find_listening_pid, args.url)
+        pin_server(args, pid, console)
         yield Target(args.url, args.http_url, pid, spawned=False)
         return
     if args.fleet:
@@ -522,4 +557,5 @@ async def target(args: argparse.Namespace, overrides: dict[str, Any], console: C
     t0 = time.monotonic()
     async with start_server(overrides, echo=args.server_log) as srv:
         console.log(f"server ready in {time.monotonic() - t0:.1f} s at {srv.ws_url} (pid {srv.pid})")
+        pin_server(args, srv.pid, console)
         yield Target(srv.ws_url, srv.http_url, srv.pid, spawned=True)
