@@ -118,9 +118,16 @@ def _xiaomi_bridge(services: Any, http_app: web.Application) -> Any:
     HTTP port before that starts."""
     from server.xiaomi.bridge import create_bridge
 
-    bridge = create_bridge(services)
+    fleet = services.fleet if services.state.shared else None  # one process: every speaker is ours
+    bridge = create_bridge(services, fleet=fleet)
     if bridge is not None:
         bridge.audio_store.add_routes(http_app)
+        prometheus = services.fleet.prometheus
+        if prometheus is not None:
+            refusals = bridge.refusals
+            prometheus.extra_counters["xz_xiaomi_fenced_refusals_total"] = (
+                "Commands to a Xiaomi speaker and query claims refused because another process holds "
+                "the speaker's lease now.", lambda: refusals.refused)
     return bridge
 
 
