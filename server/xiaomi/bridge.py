@@ -26,7 +26,7 @@ from server.xiaomi.config import AccountConfig, SpeakerConfig, XiaomiConfig
 from server.xiaomi.conversation import ConversationApi
 from server.xiaomi.devices import Speaker, list_speakers
 from server.xiaomi.endpoint import SpeakerEndpoint
-from server.xiaomi.errors import NotOurSpeaker
+from server.xiaomi.errors import NotOurSpeaker, XiaomiError
 from server.xiaomi.fence import LeaseFence, RefusalCounter, Unfenced
 from server.xiaomi.http import new_http_session
 from server.xiaomi.mina import MinaService
@@ -78,6 +78,7 @@ class XiaomiBridge:
         self.fleet = fleet
         self.leased: dict[SpeakerEndpoint, Any] = {}  # endpoint -> LeasedJob (fleet only)
         self.refusals = RefusalCounter()
+        self._warmups: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
 
     def _account(self, cfg: AccountConfig) -> AccountRuntime:
@@ -100,6 +101,12 @@ class XiaomiBridge:
         for account_cfg in self.config.accounts:
             for speaker_cfg in account_cfg.speakers:
                 self.start_speaker(account_cfg, speaker_cfg)
+        if self.fleet is not None:
+            # A process waiting for leases logs in and lists the speakers now: a takeover then
+            # only starts polling, and a login problem shows in every process's log at start,
+            # not on the day it has to take over.
+            for acc in self.accounts.values():
+                self._warmups.append(asyncio.create_task(self._warm(acc), name=f"xiaomi-login-{acc.cfg.user_id}"))
         log.info("Xiaomi bridge: %d speaker(s) on %d account(s)", len(self.endpoints), len(self.accounts))
 
     def start_speaker(self, account_cfg: AccountConfig, speaker_cfg: SpeakerConfig) -> SpeakerEndpoint:
@@ -135,6 +142,14 @@ class XiaomiBridge:
         self.leased[endpoint] = self.fleet.run_exclusive(name, term)
         return endpoint
 
+    @staticmethod
+    async def _warm(acc: AccountRuntime) -> None:
+        try:
+            await acc.speakers()
+        except XiaomiError as exc:
+            log.error("Xiaomi account %s: cannot log in or list its speakers (%s); this process could not take "
+                      "a speaker over from another", acc.cfg.user_id, exc)
+
     async def _guard(self, endpoint: SpeakerEndpoint) -> bool:
         """Run the endpoint; True when it stopped for good, False when its lease term ended."""
         try:
@@ -160,6 +175,9 @@ class XiaomiBridge:
             self.endpoints.remove(endpoint)
 
     async def close(self) -> None:
+        for task in self._warmups:
+            task.cancel()
+        await asyncio.gather(*self._warmups, return_exceptions=True)
         for endpoint in list(self.endpoints):
             await self.stop_speaker(endpoint)
         if self._http is not None:
