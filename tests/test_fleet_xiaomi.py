@@ -90,11 +90,14 @@ async def two(request: pytest.FixtureRequest, pg_cluster: Any,
     del cloud.accounts[USER]
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+async def wait_until(cond: Callable[[], bool], timeout: float = 10, what: str = "", f: Fleet | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            logs = "".join(f"\n--- process {n}:\n" + "\n".join(
+                line for line in s.log_lines[-300:] if "xiaomi" in line or "lease" in line)
+                for n, s in zip(f.names, f.servers, strict=True)) if f is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{logs}")
         await asyncio.sleep(0.02)
 
 
@@ -162,7 +165,7 @@ async def test_each_speaker_is_polled_and_answered_by_exactly_one_process(
     for name, sp in speakers.items():
         cloud.say(sp, f"{name}现在几点")
     for name, sp in speakers.items():
-        await wait_until(lambda sp=sp: len(speech(sp)) >= 1 and not sp.playing(), what=f"answer on {name}")
+        await wait_until(lambda sp=sp: len(speech(sp)) >= 1 and not sp.playing(), what=f"answer on {name}", f=f)
     await asyncio.sleep(1.0)  # nothing more comes
     for name, sp in speakers.items():
         assert asked(llm, f"{name}现在几点") == 1, f"{name}: the question reached the LLM once"
@@ -182,7 +185,7 @@ async def test_frozen_holder_is_replaced_and_refused_when_it_wakes(
     llm.chat_script.append(ChatReply(chunks=["第一句。", "第二句。", "第三句。", "第四句。"], chunk_delay_s=0.5))
     asked_at = time.monotonic()
     cloud.say(sp, "请讲个长故事")
-    await wait_until(lambda: len(speech(sp, asked_at)) >= 1, what="the first sentence")
+    await wait_until(lambda: len(speech(sp, asked_at)) >= 1, what="the first sentence", f=f)
     os.kill(stale.pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
@@ -198,8 +201,10 @@ async def test_frozen_holder_is_replaced_and_refused_when_it_wakes(
     finally:
         os.kill(stale.pid, signal.SIGCONT)
     await asyncio.sleep(TTL + 1)  # the stale process runs again: it must not touch the speaker
-    stale_commands = [c for c in sp.commands if c.client == client_of(stale) and c.at >= frozen_at]
-    assert stale_commands == [], "nothing from the stale holder after it froze"
+    # (A status read it had on the wire when it froze may land just after frozen_at: count from
+    # the takeover, when the other process owns the speaker.)
+    stale_commands = [c for c in sp.commands if c.client == client_of(stale) and c.at >= frozen_at + took]
+    assert stale_commands == [], "nothing from the stale holder after the takeover"
     assert asked(llm, "卧室的灯开了吗") == 1
     assert pollers(cloud, sp, since=time.monotonic() - 1) == {client_of(other)}
     # It noticed: its lease term lapsed (and any action it still tried was refused by the fence).
@@ -296,14 +301,14 @@ async def test_killed_holder_is_replaced_within_the_lease_time(
     assert took <= TAKEOVER_LIMIT
     # Said less than TAKEOVER_CATCH_UP_MS before the takeover: the new holder answers it, once.
     await wait_until(lambda: any("书房刚才说到哪了" in c.args.get("text", "") for c in speech(sp, killed_at)),
-                     what="the answer to the question said during the hand-over")
+                     what="the answer to the question said during the hand-over", f=f)
     for other in speakers.values():  # every speaker is polled again, by the survivor only
         await takeover(cloud, other, survivor, killed_at)
     await asyncio.sleep(0.5)
     since = time.monotonic()
     cloud.say(sp, "书房有多冷")
     await wait_until(lambda: any("书房有多冷" in c.args.get("text", "") for c in speech(sp, since)),
-                     what="the survivor's answer")
+                     what="the survivor's answer", f=f)
     await asyncio.sleep(1.0)
     assert asked(llm, "书房有多冷") == 1
     assert asked(llm, "书房刚才说到哪了") == 1

@@ -204,7 +204,14 @@ class SpeakerEndpoint:
                 failures = 0
             self.state = "polling"
             if records_filter is None:
-                records_filter = await self._first_filter(records)
+                try:
+                    records_filter = await self._first_filter(records)
+                except NotOurSpeaker:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the lease store hiccuped: try again next poll
+                    log.warning("[%s] cannot read or record the conversation cursor (%s); retrying", self.tag, exc)
+                    await asyncio.sleep(self.interval(time.monotonic()))
+                    continue
             for record in records_filter.new(records):
                 try:
                     await self.on_query(record)
@@ -225,7 +232,12 @@ class SpeakerEndpoint:
         now_ms = int(time.time() * 1000)
         cursor = await self.fence.cursor()
         if cursor is None:
-            return RecordFilter.primed(records, started_ms=now_ms - 5000)
+            primed = RecordFilter.primed(records, started_ms=now_ms - 5000)
+            # Leave the mark for the next term (this process's, after a pause, or another's): a
+            # query said while the lease changes hands is then caught up, not taken for history.
+            newest = max(records, key=lambda r: r.time_ms, default=None)
+            await self.fence.claim(ConversationRecord(newest.key if newest else "", primed.started_ms, ""))
+            return primed
         log.info("[%s] taking over after another process (its last query at %d)", self.tag, cursor.time_ms)
         return RecordFilter.after(records, cursor.time_ms, cursor.key, not_before_ms=now_ms - TAKEOVER_CATCH_UP_MS)
 

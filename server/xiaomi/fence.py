@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.xiaomi.conversation import ConversationRecord
-from server.xiaomi.errors import NotOurSpeaker
+from server.xiaomi.errors import NotOurSpeaker, XiaomiError
 
 log = logging.getLogger("server.xiaomi")
 
@@ -108,14 +108,27 @@ class LeaseFence:
     async def check(self, write: bool = True) -> None:
         if not self.holding.valid():
             raise self._refuse("a command" if write else "a status read")
-        if write and not await self.holding.still_held():
-            raise self._refuse("a command")
-        if not self.holding.valid():  # the store's answer came too late to count
-            raise self._refuse("a command")
+        if write:
+            try:
+                held = await self.holding.still_held()
+            except Exception as exc:  # noqa: BLE001 - store unreachable: our own deadline decides
+                # Nobody can take the lease over before it runs out in the store, which is after
+                # our own (earlier) deadline: until then acting is still safe.
+                log.info("[%s] lease store unreachable (%s); acting on our own lease deadline", self.tag, exc)
+                held = True
+            if not held:
+                raise self._refuse("a command")
+            if not self.holding.valid():  # the store's answer came too late to count
+                raise self._refuse("a command")
 
     async def claim(self, record: ConversationRecord) -> None:
-        if not self.holding.valid() or not await self.holding.try_fenced_set(
-                self.cursor_key, Cursor(record.time_ms, record.key).dump()):
+        if not self.holding.valid():
+            raise self._refuse(f"the query {record.query!r}")
+        try:
+            stored = await self.holding.try_fenced_set(self.cursor_key, Cursor(record.time_ms, record.key).dump())
+        except Exception as exc:  # noqa: BLE001 - unclaimed, the query is left to XiaoAi
+            raise XiaomiError(f"cannot record the query in the lease store ({exc}); XiaoAi answers it") from exc
+        if not stored:
             raise self._refuse(f"the query {record.query!r}")
 
     async def cursor(self) -> Cursor | None:
