@@ -238,7 +238,7 @@ class SpeakerEndpoint:
             newest = max(records, key=lambda r: r.time_ms, default=None)
             await self.fence.claim(ConversationRecord(newest.key if newest else "", primed.started_ms, ""))
             return primed
-        log.info("[%s] taking over after another process (its last query at %d)", self.tag, cursor.time_ms)
+        log.info("[%s] new lease term: resuming after the last query claimed (at %d)", self.tag, cursor.time_ms)
         return RecordFilter.after(records, cursor.time_ms, cursor.key, not_before_ms=now_ms - TAKEOVER_CATCH_UP_MS)
 
     async def on_query(self, record: ConversationRecord) -> None:
