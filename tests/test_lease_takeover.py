@@ -49,7 +49,8 @@ async def _read(holder: Holder) -> None:
     while line := await holder.proc.stdout.readline():
         with contextlib.suppress(ValueError):
             ev = json.loads(line)
-            ev["t"] = time.monotonic()
+            # The holder's own time of the event (CLOCK_MONOTONIC is one clock for every process).
+            ev["t"] = ev.get("at", time.monotonic())
             holder.events.append(ev)
 
 
