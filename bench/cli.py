@@ -315,10 +315,12 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a provider module that fails to import
         print(f"error: cannot load the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    if args.idle and not args.url and not args.fleet:
+    devices = (args.idle or 0) + max(args.devices, args.ramp_max if args.ramp else 0)
+    if not args.url and not args.fleet and not args.abuse and devices > 1:
         from bench.idle import server_overrides
 
-        extra = server_overrides(args.idle, config.server.limits, config.session.idle_timeout_s)
+        extra = server_overrides(devices, config.server.limits, config.session.idle_timeout_s,
+                                 listening=bool(args.idle))
         if extra:
             overrides = with_fakes(overrides, extra)
             config = effective_config(overrides)

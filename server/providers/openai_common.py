@@ -8,6 +8,7 @@ must not pay for (or require) the SDK, so those imports happen inside the functi
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -124,6 +125,13 @@ def extra_params(api_key: str, body: dict[str, Any], headers: dict[str, str] | N
     return params
 
 
+def _resolve_resources(client: Any) -> None:
+    for path in ("chat.completions", "audio.speech", "audio.transcriptions"):
+        obj = client
+        for name in path.split("."):
+            obj = getattr(obj, name)
+
+
 class ClientSettings(Protocol):
     """The settings fields OpenAIClientProvider relies on (each provider's model has them)."""
 
@@ -153,6 +161,9 @@ class OpenAIClientProvider(Provider):
             self._client = make_client(s.base_url, s.api_key, s.timeout_s)
         except ProviderUnavailable as exc:
             raise ProviderUnavailable(f"{self.name}: {exc}") from None
+        # The SDK imports each API's modules on first use (about 0.1-1.5 s, holding the event
+        # loop): done here, at startup, so the first turn does not stall every device.
+        await asyncio.to_thread(_resolve_resources, self._client)
 
     async def close(self) -> None:
         if self._client is not None:
