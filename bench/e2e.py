@@ -399,7 +399,7 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
         wall = time.monotonic() - t0
         if wall > 0:
             result.resources["client_cpu_percent_mean"] = round((time.process_time() - client_cpu0) / wall * 100, 1)
-        result.resources["tester_loop_lag"] = dict(tester_lag.counters)
+        result.resources["tester_loop_lag"] = {**tester_lag.counters, **tester_lag.gauges}
         result.server_turns = sorted(poller.turns.values(), key=lambda t: t.get("started") or 0)
         result.server_counters = poller.counters
         if poller.error:

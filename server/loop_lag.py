@@ -4,7 +4,7 @@ Every device shares one event loop, so a callback that holds it (a synchronous c
 JSON, CPU work that belongs on a thread) delays every device's paced audio at once. A probe
 sleeps `PERIOD_S` again and again and measures how late it wakes up. The lateness is counted
 into buckets that /metrics shows as counters (`loop_lag_over_20ms`, ...), the worst since start
-as `loop_lag_max_ms`, and a lag long enough to stall playback is logged (at most once a minute).
+as the gauge `loop_lag_max_ms`, and a lag long enough to stall playback is logged (at most once a minute).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ async def watch_loop_lag(metrics: MetricsLog) -> None:
         due = time.monotonic() + PERIOD_S
         await asyncio.sleep(PERIOD_S)
         lag_ms = (time.monotonic() - due) * 1000
-        if lag_ms > metrics.counters.get("loop_lag_max_ms", 0):
-            metrics.counters["loop_lag_max_ms"] = int(lag_ms)
+        if lag_ms > metrics.gauges.get("loop_lag_max_ms", 0):
+            metrics.gauges["loop_lag_max_ms"] = round(lag_ms, 1)
         for bucket in BUCKETS_MS:
             if lag_ms <= bucket:
                 break
