@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it answers a fixed question after --fake-asr-ms (remote-style ASR, no local model)")
     f.add_argument("--fake-asr-ms", type=float, default=200.0, metavar="MS",
                    help="the fake ASR's time to answer (default 200)")
+    f.add_argument("--fakes-process", action="store_true",
+                   help="run the fakes in a process of their own instead of on the tester's event loop (many "
+                        "talking devices: the tester then measures the server, not itself)")
     f.add_argument("--fake-tts", action="store_true",
                    help="point the server's tts (type openai, pcm) at the fake OpenAI server's /audio/speech "
                         "(espeak-ng speech, cached per sentence)")
@@ -221,6 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--fleet N starts N >= 1 processes itself: drop --url")
     if args.hello and not args.fleet:
         parser.error("--hello needs --fleet")
+    if args.fakes_process and not uses_fakes(args):
+        parser.error("--fakes-process runs the --fake-* servers: name at least one")
     if args.server_cpus is not None:
         from bench.machine import parse_cpu_list
 
@@ -330,10 +335,12 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a provider module that fails to import
         print(f"error: cannot load the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    if args.idle and not args.url and not args.fleet:
+    devices = (args.idle or 0) + max(args.devices, args.ramp_max if args.ramp else 0)
+    if not args.url and not args.fleet and not args.abuse and devices > 1:
         from bench.idle import server_overrides
 
-        extra = server_overrides(args.idle, config.server.limits, config.session.idle_timeout_s)
+        extra = server_overrides(devices, config.server.limits, config.session.idle_timeout_s,
+                                 listening=bool(args.idle))
         if extra:
             overrides = with_fakes(overrides, extra)
             config = effective_config(overrides)
@@ -344,11 +351,21 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fakes = BenchFakes(FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
-                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
-                                   asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts))
+    fake_options = FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
+                               tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
+                               asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts)
+    fakes: Any
+    if args.fakes_process:
+        from bench.fakes_process import FakesProcess
+
+        fakes = FakesProcess(fake_options)
+    else:
+        fakes = BenchFakes(fake_options)
     try:
-        await fakes.start()
+        if args.fakes_process:
+            await fakes.start(overrides)
+        else:
+            await fakes.start()
         # The fakes' ports are known only now: merge their sections over the user's override
         # and validate again, so the recorded config is the one the server really runs.
         overrides = with_fakes(overrides, fakes.overrides(overrides))
@@ -427,7 +444,8 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
                 loop.remove_signal_handler(sig)
 
     if fakes is not None:
-        run.fakes = fakes.report(run.server_turns())
+        report = getattr(fakes, "report_async", None)
+        run.fakes = await report(run.server_turns()) if report else fakes.report(run.server_turns())
     run.finished_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     run.duration_s = round(time.monotonic() - started, 1)
     run.load_average_after = load_average()

@@ -154,21 +154,24 @@ def _delta(a: float | None, b: float | None, n: int, digits: int = 1) -> float |
     return None if a is None or b is None or n < 1 else round((a - b) / n, digits)
 
 
-def server_overrides(devices: int, limits: Any, idle_timeout_s: float) -> dict[str, Any]:
-    """What a server the tester starts needs to hold `devices` listeners from one address: the
+def server_overrides(devices: int, limits: Any, idle_timeout_s: float, *, listening: bool) -> dict[str, Any]:
+    """What a server the tester starts needs to hold `devices` connections from one address: the
     connection limits raised to fit (they guard a real server against one address opening
-    hundreds of sockets, which is exactly what this tester does) and the no-voice hang-up pushed
-    past the run (a firmware hung up on stops streaming, which is not what is measured)."""
+    hundreds of sockets, which is exactly what this tester does) and, with `listening` devices,
+    the no-voice hang-up pushed past the run (a firmware hung up on stops streaming, which is not
+    what is measured)."""
     out: dict[str, Any] = {}
-    need = devices + 50  # + the e2e/ramp devices of the same run
+    need = devices + 10
     server_limits: dict[str, Any] = {}
     if limits.max_connections and limits.max_connections < need:
         server_limits["max_connections"] = need
     if limits.max_connections_per_address and limits.max_connections_per_address < need:
         server_limits["max_connections_per_address"] = need
+    if limits.ota_per_minute and limits.ota_per_minute < 4 * need:  # e2e devices ask OTA each step
+        server_limits["ota_per_minute"] = 4 * need
     if server_limits:
         out["server"] = {"limits": server_limits}
-    if idle_timeout_s and idle_timeout_s < 3600:
+    if listening and idle_timeout_s and idle_timeout_s < 3600:
         out["session"] = {"idle_timeout_s": 3600}
     return out
 

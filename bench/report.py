@@ -404,6 +404,14 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
                       f"{r['rss_peak_mb']} MB peak, {r['rss_per_device_mb']} MB per device")
     if r.get("client_cpu_percent_mean") is not None:
         console.print(f"Simulated devices (this process): CPU mean {r['client_cpu_percent_mean']}%")
+    lag = r.get("tester_loop_lag") or {}
+    if lag.get("loop_lag_over_50ms"):
+        console.print(f"  the tester's own event loop ran late: {lag.get('loop_lag_over_50ms', 0)} time(s) over 50 ms, "
+                      f"worst {lag.get('loop_lag_max_ms')} ms; frame timing above includes that")
+    server_lag = e2e.server_counters
+    if server_lag.get("loop_lag_over_50ms"):
+        console.print(f"  the server's event loop ran late: {server_lag.get('loop_lag_over_50ms', 0)} time(s) "
+                      f"over 50 ms, {server_lag.get('loop_lag_over_250ms', 0)} over 250 ms")
     if 1 < o.devices <= 10:
         rows = []
         for dev, d in e2e.per_device().items():

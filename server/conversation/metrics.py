@@ -67,6 +67,8 @@ class MetricsLog:
     def __init__(self, size: int = 200) -> None:
         self.turns: deque[TurnMetrics] = deque(maxlen=size)
         self.counters: dict[str, int] = {}
+        # Values that go up and down or are a maximum (not summed across processes like counters).
+        self.gauges: dict[str, float] = {}
         # Called with every finished turn (the Prometheus histograms, server/fleet/prometheus.py).
         self.observers: list[Callable[[TurnMetrics], None]] = []
 
@@ -79,4 +81,5 @@ class MetricsLog:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "turns": [t.to_dict() for t in self.turns]}
+        return {"counters": dict(self.counters), "gauges": dict(self.gauges),
+                "turns": [t.to_dict() for t in self.turns]}
