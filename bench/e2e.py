@@ -39,6 +39,8 @@ from bench.stats import percentile, summarize
 from bench.testset import ABORT_PROMPT, E2E_QUESTIONS, error_counts, speech
 from harness.devsim import DeviceIdentity, SimDevice
 from harness.devsim.playback import PlaybackQueueModel
+from server.conversation.metrics import MetricsLog
+from server.loop_lag import watch_loop_lag
 
 ABORT_AFTER_FIRST_FRAME_S = 0.3  # let the reply get going before interrupting it
 LATE_FRAME_WAIT_S = 0.5  # anything of the aborted reply still in flight arrives by then
@@ -376,6 +378,10 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
     # The simulated devices run on this machine too (Opus encode/decode, pacing): their CPU is
     # load the server would not see in the field, so it is recorded next to the server's.
     client_cpu0 = time.process_time()
+    # The tester's own event loop: when it runs late, the devices timestamp frames late and the
+    # fakes answer late, so its jitter and stall figures describe the tester, not the server.
+    tester_lag = MetricsLog()
+    lag_probe = asyncio.create_task(watch_loop_lag(tester_lag), name="tester-loop-lag")
     try:
         await asyncio.gather(*(_device(i, ident, target, opts, questions, result, t0, progress)
                                for i, ident in enumerate(identities)))
@@ -384,6 +390,8 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
         raise
     finally:
         progress.close()
+        lag_probe.cancel()
+        await asyncio.gather(lag_probe, return_exceptions=True)
         result.wall_s = round(time.monotonic() - t0, 2)
         await sampler.stop()
         await poller.stop()
@@ -391,6 +399,7 @@ async def run_e2e(target: Target, opts: E2EOptions, console: Console, result: E2
         wall = time.monotonic() - t0
         if wall > 0:
             result.resources["client_cpu_percent_mean"] = round((time.process_time() - client_cpu0) / wall * 100, 1)
+        result.resources["tester_loop_lag"] = {**tester_lag.counters, **tester_lag.gauges}
         result.server_turns = sorted(poller.turns.values(), key=lambda t: t.get("started") or 0)
         result.server_counters = poller.counters
         if poller.error:

@@ -12,20 +12,25 @@ audio. So these are the costs of a device left listening. With `audio="none"` no
 `listen start`: only the per-connection state (session, Opus decoder, VAD state, MCP client) is
 measured.
 
-The devices' frames are sent by one pacing task for all of them (not a task per device), spread
-evenly over the 60 ms frame period as unsynchronised devices would be, so the tester itself
-stays light enough to drive a thousand devices on the machine it shares with the server.
+The devices are the light listeners of bench/listeners.py: the firmware's handshake, hello (with
+MCP, answered), `listen start auto` and the microphone frames, spoken directly on a socket rather
+than by the full simulated device, so the tester stays light enough to drive a thousand devices on
+the machine it shares with the server. One pacing task sends for all of them, spread evenly over
+the 60 ms frame period as unsynchronised devices would be. They skip the OTA request (it does not
+change what a listening connection costs, and the OTA rate limit per address would refuse a
+thousand requests from one tester address).
 
 Steps: 0 devices (the server as started), then 1, then N, each followed by `settle_s` seconds
-with nothing new happening; RSS is read at the end of that window (and its peak inside it), CPU
-is the mean over it. The server's no-voice timeout (`session.idle_timeout_s`, 120 s by default)
-hangs up on devices left longer than that; a device the server closed is reported.
+with nothing new happening (after N, 5 s more first, while the last connections finish their
+setup); RSS is read at the end of that window (and its peak inside it), CPU is the mean over it.
+The server's no-voice timeout (`session.idle_timeout_s`, 120 s by default) hangs up on devices
+left longer than that; a server the tester starts gets it raised past the run, and connection
+limits that fit the devices (`server_overrides`); a device the server closed is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,15 +39,16 @@ import numpy as np
 
 from bench.console import Console
 from bench.e2e import Target, _reason
+from bench.listeners import ListenerPacer, RawListener, open_listener
 from bench.resources import MB, ResourceSampler, Sample
-from harness.devsim import DeviceIdentity, SimDevice, silence
+from harness.devsim import silence
 from harness.devsim.codec import UplinkEncoder
 
 CLIP_MS = 6000  # the looped clip each device streams (encoded once, shared by all devices)
 FRAME_MS = 60
-PACING_SLOTS = 6  # devices are spread over this many send slots per frame period
 AUDIO_MODES = ("silence", "room", "none")
-CONNECT_BATCH = 20  # devices connecting at the same time
+SETUP_SETTLE_S = 5.0  # after the last connection of a step, before its window opens
+CONNECT_BATCH = 50  # devices connecting at the same time
 ROOM_DBFS = -50.0
 
 
@@ -148,78 +154,45 @@ def _delta(a: float | None, b: float | None, n: int, digits: int = 1) -> float |
     return None if a is None or b is None or n < 1 else round((a - b) / n, digits)
 
 
+def server_overrides(devices: int, limits: Any, idle_timeout_s: float, *, listening: bool) -> dict[str, Any]:
+    """What a server the tester starts needs to hold `devices` connections from one address: the
+    connection limits raised to fit (they guard a real server against one address opening
+    hundreds of sockets, which is exactly what this tester does) and, with `listening` devices,
+    the no-voice hang-up pushed past the run (a firmware hung up on stops streaming, which is not
+    what is measured)."""
+    out: dict[str, Any] = {}
+    need = devices + 10
+    server_limits: dict[str, Any] = {}
+    if limits.max_connections and limits.max_connections < need:
+        server_limits["max_connections"] = need
+    if limits.max_connections_per_address and limits.max_connections_per_address < need:
+        server_limits["max_connections_per_address"] = need
+    if limits.ota_per_minute and limits.ota_per_minute < 4 * need:  # e2e devices ask OTA each step
+        server_limits["ota_per_minute"] = 4 * need
+    if server_limits:
+        out["server"] = {"limits": server_limits}
+    if listening and idle_timeout_s and idle_timeout_s < 3600:
+        out["session"] = {"idle_timeout_s": 3600}
+    return out
+
+
 def idle_counts(n: int) -> list[int]:
     return sorted({0, 1, max(1, n)})
 
 
-class MicPacer:
-    """Streams the clip from every added device in real time: device i sends packet k at
-    t0 + k * 60 ms + (i mod PACING_SLOTS) * 10 ms."""
-
-    def __init__(self, packets: list[bytes]) -> None:
-        self.packets = packets
-        self.slots: list[list[SimDevice]] = [[] for _ in range(PACING_SLOTS)]
-        self.sent = 0
-        self.late_ms_max = 0.0  # worst lateness of a slot (the tester falling behind)
-        self._task: asyncio.Task[None] | None = None
-        self._count = 0
-
-    def add(self, dev: SimDevice) -> None:
-        self.slots[self._count % PACING_SLOTS].append(dev)
-        self._count += 1
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="idle-mic-pacer")
-
-    async def _run(self) -> None:
-        slot_s = FRAME_MS / 1000 / PACING_SLOTS
-        t0 = time.monotonic()
-        tick = 0
-        while True:
-            due = t0 + tick * slot_s
-            delay = due - time.monotonic()
-            if delay < -FRAME_MS / 1000:
-                # More than a frame behind (a saturated machine): skip the missed slots rather
-                # than send bursts, as a device's microphone would not send the past either.
-                self.late_ms_max = max(self.late_ms_max, -delay * 1000)
-                tick = int((time.monotonic() - t0) / slot_s)
-                continue
-            if delay < 0:
-                self.late_ms_max = max(self.late_ms_max, -delay * 1000)
-            # Always yield: a send that does not block would otherwise starve the event loop.
-            await asyncio.sleep(max(0.0, delay))
-            packet = self.packets[(tick // PACING_SLOTS) % len(self.packets)]
-            for dev in self.slots[tick % PACING_SLOTS]:
-                if dev.closed:
-                    continue
-                with contextlib.suppress(Exception):
-                    await dev.send_opus(packet)
-                    self.sent += 1
-                # The device keeps a record of every frame it sent: not needed here, and a
-                # thousand devices over minutes would make it large.
-                if len(dev.sent) > 64:
-                    del dev.sent[:32]
-                    del dev.frame_send_times[:32]
-            tick += 1
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+CONNECT_ATTEMPTS = 3  # a firmware that fails to open its channel tries again too
 
 
-async def _connect(index: int, target: Target) -> SimDevice:
-    dev = SimDevice(identity=DeviceIdentity())
-    try:
-        if target.http_url:
-            await dev.ota(target.http_url)
-        await dev.connect(url=target.ws_url)
-        await dev.listen_start("auto")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await dev.close()
-        raise
-    return dev
+async def _connect(index: int, target: Target, retries: list[int]) -> RawListener:
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            return await open_listener(index, target.ws_url)
+        except (OSError, TimeoutError, ConnectionError):
+            if attempt == CONNECT_ATTEMPTS - 1:
+                raise
+            retries[0] += 1
+            await asyncio.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _per_frame(step: IdleStep, cpu_s: float) -> None:
@@ -229,14 +202,17 @@ def _per_frame(step: IdleStep, cpu_s: float) -> None:
         step.cpu_percent_per_device_realtime = round(step.cpu_ms_per_frame * (1000 / FRAME_MS) / 10, 4)
 
 
-async def _counters(target: Target) -> dict[str, int]:
+async def _counters(target: Target, notes: list[str]) -> dict[str, int]:
     if not target.http_url:
         return {}
     from bench.server_metrics import get_json
 
     try:
-        data = await get_json(target.http_url.rstrip("/") + "/metrics")
-    except Exception:  # noqa: BLE001 - a server without /metrics: the counters are just missing
+        data = await get_json(target.http_url.rstrip("/") + "/metrics", timeout_s=15.0)
+    except Exception as exc:  # noqa: BLE001 - a server without /metrics: the counters are just missing
+        note = f"server counters unavailable: {_reason(exc)}"
+        if note not in notes:
+            notes.append(note)
         return {}
     return {str(k): int(v) for k, v in (data.get("counters") or {}).items()}
 
@@ -256,8 +232,8 @@ class IdleFleet:
     """The listening devices of a run, kept open after the idle steps when the e2e or ramp
     measurement should run while they listen (`--idle-talk`)."""
 
-    devices: list[SimDevice] = field(default_factory=list)
-    pacer: MicPacer | None = None
+    devices: list[RawListener] = field(default_factory=list)
+    pacer: ListenerPacer | None = None
 
     async def close(self) -> None:
         if self.pacer is not None:
@@ -280,11 +256,12 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
     devices = fleet.devices
     if opts.audio != "none":
         packets = await asyncio.to_thread(clip_packets, opts.audio)
-        fleet.pacer = MicPacer(packets)
+        fleet.pacer = ListenerPacer.for_packets(packets)
         sizes = sorted(len(p) for p in packets)
         result.notes.append(f"uplink clip: {len(packets)} packets of {FRAME_MS} ms, {sizes[len(sizes) // 2]} bytes "
                             f"median (max {sizes[-1]}); {sum(1 for n in sizes if n <= 2)} DTX packets (<= 2 bytes)")
     client_cpu0, t0 = time.process_time(), time.monotonic()
+    retries = [0]
     try:
         for count in idle_counts(opts.devices):
             step = IdleStep(count)
@@ -294,7 +271,8 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
                 # and a thousand serial handshakes would take minutes on a busy machine.
                 first_index = len(devices) + len(result.connect_errors)
                 batch = range(first_index, min(count, first_index + CONNECT_BATCH))
-                outcomes = await asyncio.gather(*(_connect(i, target) for i in batch), return_exceptions=True)
+                outcomes = await asyncio.gather(*(_connect(i, target, retries) for i in batch),
+                                                return_exceptions=True)
                 for index, outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, BaseException):
                         if isinstance(outcome, asyncio.CancelledError):
@@ -307,16 +285,21 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
             step.connect_s = round(time.monotonic() - started, 2) if count else None
             result.steps.append(step)
             console.log(f"idle: {len(devices)} device(s) connected and listening; settling {opts.settle_s:g} s")
+            if count > 1:
+                # The last connections' setup (hello, MCP tools/list, memory) finishes in the
+                # first seconds: not what a listening device costs, so not in the window.
+                await asyncio.sleep(SETUP_SETTLE_S)
+            counters0 = await _counters(target, result.notes)
             first = await sampler.sample_now()
-            counters0 = await _counters(target)
             sent0 = fleet.pacer.sent if fleet.pacer is not None else 0
             await asyncio.sleep(opts.settle_s)
             last = await sampler.sample_now()
-            counters1 = await _counters(target)
+            sent1 = fleet.pacer.sent if fleet.pacer is not None else 0
+            counters1 = await _counters(target, result.notes)
             step.server_counters = {k: v - counters0.get(k, 0) for k, v in counters1.items()
                                     if v - counters0.get(k, 0)}
             if fleet.pacer is not None and first is not None and last is not None:
-                step.frames_sent = fleet.pacer.sent - sent0
+                step.frames_sent = sent1 - sent0
                 step.frames_expected = int(len(devices) * (last.t - first.t) * 1000 / FRAME_MS)
             if first is None or last is None:
                 result.notes.append(f"idle: {sampler.error or 'the server process could not be read'}")
@@ -332,11 +315,12 @@ async def run_idle(target: Target, opts: IdleOptions, console: Console, result: 
     finally:
         for index, dev in enumerate(devices):
             if dev.closed:
-                code = next((e.close_code for e in reversed(dev.events) if e.kind == "close"), None)
-                result.closed_by_server.append(f"device {index}: closed (code {code})")
+                result.closed_by_server.append(f"device {index}: closed (code {dev.close_code})")
         if fleet.pacer is not None and fleet.pacer.late_ms_max > FRAME_MS:
             result.notes.append(f"the tester fell behind its frame schedule by up to {fleet.pacer.late_ms_max:.0f} ms "
                                 "(the machine is saturated; the server saw fewer frames than real devices send)")
+        if retries[0]:
+            result.notes.append(f"{retries[0]} connection attempt(s) failed and were retried (as a firmware retries)")
         if not keep:
             await fleet.close()
         await sampler.stop()

@@ -96,14 +96,17 @@ async def run_ramp(target: Target, ramp: RampOptions, base: E2EOptions, console:
         jitter = (summary["frame_jitter_ms"] or {}).get("p95")
         pacing_ok = ramp.jitter_ms is None or (jitter is not None and jitter <= ramp.jitter_ms
                                                and not summary["stalls"])
-        step.passed = latency_ok and pacing_ok
+        # A device that could not even connect is a failure of the step, not a lighter load.
+        connected_ok = not step.result.connect_errors
+        step.passed = latency_ok and pacing_ok and connected_ok
         shown = "inf (failed turns)" if p95 is not None and not math.isfinite(p95) else f"{p95:.0f} ms"
         console.log(f"ramp: {n} device(s): p95 first reply {shown} "
                     f"{'<=' if latency_ok else '>'} {ramp.threshold_ms:.0f} ms; frame jitter p95 {jitter} ms, "
                     f"{summary['stalls']} stall(s)")
         if not step.passed:
             result.stopped_because = (
-                f"p95 first reply above {ramp.threshold_ms:.0f} ms at {n} devices" if not latency_ok
+                f"{len(step.result.connect_errors)} device(s) could not connect at {n} devices" if not connected_ok
+                else f"p95 first reply above {ramp.threshold_ms:.0f} ms at {n} devices" if not latency_ok
                 else f"pacing (jitter p95 {jitter} ms, {summary['stalls']} stalls) at {n} devices")
             break
         result.capacity = n

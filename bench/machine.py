@@ -43,3 +43,33 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "load_average": load_average(),
     }
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """`1`, `0,2` or `2-3` (the taskset/cpuset notation) -> CPU numbers this machine has."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 1, 0,2 or 2-3)")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if not cpus or not cpus <= available:
+        raise ValueError(f"{text!r} is not a subset of the CPUs available here ({sorted(available)})")
+    if cpus == available:
+        raise ValueError("leave at least one CPU for the tester")
+    return cpus
+
+
+def pin_process(pid: int, cpus: set[int]) -> set[int]:
+    """Pin every thread of `pid` to `cpus` (threads started later inherit it from the thread that
+    starts them) and this process to the remaining CPUs; returns the latter."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
+    rest = os.sched_getaffinity(0) - cpus
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        os.sched_setaffinity(int(tid), rest)
+    return rest

@@ -147,7 +147,7 @@ def flat_summary(run: BenchRun) -> dict[str, float]:
         _put(out, "e2e.stt_wer", s.get("stt_wer"))
         _put_stats(out, "e2e.frame_jitter_ms", s.get("frame_jitter_ms"), ("p50", "p95", "max"))
         for key in ("speculation_started", "speculation_used", "speculation_discarded",
-                    "speculation_wasted_llm_chunks"):
+                    "speculation_wasted_llm_chunks", "partial_asr_started", "partial_asr_reused"):
             _put(out, f"e2e.{key}", run.e2e.server_counters.get(key, 0))
         _put(out, "e2e.stalls", s.get("stalls"))
         _put(out, "e2e.turns_failed", s.get("turns_failed"))
@@ -385,10 +385,18 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
                       f"{counters.get('speculation_used', 0)} used, {counters.get('speculation_discarded', 0)} "
                       f"thrown away ({counters.get('speculation_wasted_llm_chunks', 0)} streamed LLM pieces wasted); "
                       f"{spec} of {len(voice)} voice turns answered by one")
-    if counters.get("early_asr_started"):
-        started, used = counters["early_asr_started"], counters.get("early_asr_used", 0)
-        console.print(f"Early ASR: {started} started during endpoint waits, {used} handed to a turn, "
-                      f"{started - used} thrown away (the speaker went on)")
+        console.print("  per voice turn (started / used / thrown away / LLM pieces wasted): " + "; ".join(
+            f"{t.get('speculations_started', 0)}/{'yes' if t.get('speculative') else 'no'}/"
+            f"{t.get('speculations_discarded', 0)}/{t.get('speculation_wasted_llm_chunks', 0)}" for t in voice))
+    reused = counters.get("partial_asr_reused", 0)
+    if counters.get("early_asr_started") or reused:
+        # A reused closing partial is handed over as the early transcript without a new request.
+        started, used = counters.get("early_asr_started", 0) + reused, counters.get("early_asr_used", 0)
+        console.print(f"Early ASR: {started} started during endpoint waits ({reused} of them the closing partial, "
+                      f"reused), {used} handed to a turn, {started - used} thrown away (the speaker went on)")
+    if counters.get("partial_asr_started"):
+        console.print(f"Partial ASR: {counters['partial_asr_started']} transcriptions of the growing utterance "
+                      f"while users spoke (vad.partial_asr_ms)")
     r = e2e.resources
     if r.get("cpu_percent_mean") is not None:
         console.print(f"Server process: CPU mean {r['cpu_percent_mean']}% (peak {r['cpu_percent_peak']}%, 100% = one "
@@ -396,6 +404,14 @@ def print_e2e(e2e: E2EResult, console: Console) -> None:
                       f"{r['rss_peak_mb']} MB peak, {r['rss_per_device_mb']} MB per device")
     if r.get("client_cpu_percent_mean") is not None:
         console.print(f"Simulated devices (this process): CPU mean {r['client_cpu_percent_mean']}%")
+    lag = r.get("tester_loop_lag") or {}
+    if lag.get("loop_lag_over_50ms"):
+        console.print(f"  the tester's own event loop ran late: {lag.get('loop_lag_over_50ms', 0)} time(s) over 50 ms, "
+                      f"worst {lag.get('loop_lag_max_ms')} ms; frame timing above includes that")
+    server_lag = e2e.server_counters
+    if server_lag.get("loop_lag_over_50ms"):
+        console.print(f"  the server's event loop ran late: {server_lag.get('loop_lag_over_50ms', 0)} time(s) "
+                      f"over 50 ms, {server_lag.get('loop_lag_over_250ms', 0)} over 250 ms")
     if 1 < o.devices <= 10:
         rows = []
         for dev, d in e2e.per_device().items():

@@ -17,6 +17,7 @@ from websockets.asyncio.server import Server, serve
 
 from server.config.schema import AppConfig
 from server.fleet.node import FleetNode
+from server.loop_lag import watch_loop_lag
 from server.pairing import DeviceRegistry, Pairing, SqliteDeviceRegistry
 from server.pairing.memory_identity import MemoryIdentities
 from server.runtime import ListeningPorts, Services, build_services
@@ -128,9 +129,16 @@ def _xiaomi_bridge(services: Any, http_app: web.Application) -> Any:
     HTTP port before that starts."""
     from server.xiaomi.bridge import create_bridge
 
-    bridge = create_bridge(services)
+    fleet = services.fleet if services.state.shared else None  # one process: every speaker is ours
+    bridge = create_bridge(services, fleet=fleet)
     if bridge is not None:
         bridge.audio_store.add_routes(http_app)
+        prometheus = services.fleet.prometheus
+        if prometheus is not None:
+            refusals = bridge.refusals
+            prometheus.extra_counters["xz_xiaomi_fenced_refusals_total"] = (
+                "Commands to a Xiaomi speaker and query claims refused because another process holds "
+                "the speaker's lease now.", lambda: refusals.refused)
     return bridge
 
 
@@ -174,7 +182,8 @@ async def running_server(config: AppConfig, root_dir: Path) -> AsyncIterator[Run
     # Port 0 asks the OS for a free port; the OTA endpoint must advertise the real one.
     services.ports = ListeningPorts(ws_port, http_port)
     watcher = asyncio.create_task(devices.watch_revocations(), name="revocations")
-    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher], xiaomi, registry)
+    lag = asyncio.create_task(watch_loop_lag(services.metrics), name="loop-lag")
+    running = RunningServer(services, ws, runner, ws_port, http_port, pairing, [watcher, lag], xiaomi, registry)
     if xiaomi is not None:
         xiaomi.start(http_port=http_port)
     for warning in security_warnings(config):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class DeviceToolsOwner(Protocol):
     async def send_iot_commands(self, commands: list[dict[str, Any]]) -> None: ...
 
 
+def _codec_threads() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
+
+
 @dataclass(slots=True, frozen=True)
 class ListeningPorts:
     """Where the server really listens. Port 0 in the config asks the OS for a free port; the OTA
@@ -98,9 +104,12 @@ class Services:
     llm: LLMProvider
     tts: TTSProvider
     metrics: MetricsLog = field(default_factory=MetricsLog)
-    # Opus encoding and resampling of replies: small CPU jobs kept off the event loop.
+    # Opus encoding and resampling of replies: small CPU jobs kept off the event loop, on a
+    # thread per core (libopus runs without the GIL; one thread was the limit at ~40 talking
+    # devices: every reply's frames queued behind the others').
     codec_pool: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec"))
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=_codec_threads(),
+                                                                      thread_name_prefix="codec"))
     # Live sessions (anything with `async close(reason)`), for /health and shutdown.
     sessions: set[Any] = field(default_factory=set)
     memory: MemoryManager | None = None

@@ -74,6 +74,7 @@ class ScriptedLLM:
 class ScriptedASR:
     name = "asr.scripted"
     local = False
+    cheap_partials = False
 
     def __init__(self) -> None:
         self.heard: deque[str] = deque()

@@ -49,7 +49,8 @@ async def _read(holder: Holder) -> None:
     while line := await holder.proc.stdout.readline():
         with contextlib.suppress(ValueError):
             ev = json.loads(line)
-            ev["t"] = time.monotonic()
+            # The holder's own time of the event (CLOCK_MONOTONIC is one clock for every process).
+            ev["t"] = ev.get("at", time.monotonic())
             holder.events.append(ev)
 
 
@@ -264,3 +265,46 @@ async def test_a_clean_release_hands_over_at_once(pg_cluster: Any) -> None:
         await b.stop()
         await a_state.close()
         await b_state.close()
+
+
+async def test_speaker_fence_asks_the_store_not_only_the_clock(engine: Engine) -> None:
+    """The Xiaomi bridge's fence: a holder whose own clock still says "mine" (a slow clock, or
+    a pause between the local check and the request) is refused by the store once another
+    process took the speaker: no command, no claim of a query; the new holder's claims stand."""
+    import dataclasses
+
+    from server.fleet.leased import LeaseHandle
+    from server.xiaomi.conversation import ConversationRecord
+    from server.xiaomi.errors import NotOurSpeaker
+    from server.xiaomi.fence import Cursor, LeaseFence, RefusalCounter
+
+    a_state, b_state = [await open_state(StateConfig(url=engine.url, redis_url=engine.redis_url), None)
+                        for _ in range(2)]
+    try:
+        name, key = "xiaomi/1/kitchen", "xiaomi/1/kitchen/cursor"
+        counter = RefusalCounter()
+        first = await a_state.leases.acquire(name, "a", TTL)
+        assert first is not None
+        a = LeaseFence(LeaseHandle(a_state.leases, first), key, "a", counter)
+        await a.check()
+        await a.claim(ConversationRecord("q1", 1000, "现在几点"))
+        await asyncio.sleep(TTL + 0.2)
+        second = await b_state.leases.acquire(name, "b", TTL)
+        assert second is not None and second.generation == first.generation + 1
+        b = LeaseFence(LeaseHandle(b_state.leases, second), key, "b", counter)
+        assert await b.cursor() == Cursor(1000, "q1"), "the new holder starts after the old holder's last query"
+        # a's clock is made to say its lease is fresh: only the store can stop it now.
+        a.holding.lease = dataclasses.replace(first, requested_at=time.monotonic())  # type: ignore[attr-defined]
+        assert a.holding.valid()
+        with pytest.raises(NotOurSpeaker):
+            await a.check()
+        with pytest.raises(NotOurSpeaker):
+            await a.claim(ConversationRecord("q2", 2000, "开灯"))
+        assert await a.check(write=False) is None  # a status read trusts the clock (no command is sent)
+        await b.claim(ConversationRecord("q2", 2000, "开灯"))
+        await b.check()
+        assert counter.refused == 2
+        assert await b.cursor() == Cursor(2000, "q2")
+    finally:
+        for s in (a_state, b_state):
+            await s.close()

@@ -109,3 +109,106 @@ async def test_speech_at_the_very_start_gets_a_silent_lead_in() -> None:
     lead = out[0].audio[: 1024 * 2]
     assert lead == b"\x00\x00" * 1024  # the whole 64 ms pre-roll, made of silence
     assert out[0].audio[1024 * 2:1024 * 2 + 2] == (1).to_bytes(2, "little")
+
+
+# ---------------------------------------------------------------------- partial transcripts
+
+
+class PartialASR:
+    """Answers each request after `delay_s`, with the number of samples it was given; records
+    how many were in flight at once."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls: list[int] = []
+
+    async def transcribe(self, audio: bytes) -> str:
+        self.calls.append(len(audio) // 2)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            return f"heard {len(audio) // 2}"
+        finally:
+            self.in_flight -= 1
+
+
+async def feed_timed(listener: UtteranceListener, pattern: list[tuple[int, float]], window_s: float) -> list:
+    """Feed in (simulated) real time: one window every `window_s` seconds."""
+    out = []
+    for n, prob in pattern:
+        for _ in range(n):
+            out += listener.feed(frame(1, 1 if prob < 0.5 else 2), [prob], arrival=0.0)
+            await asyncio.sleep(window_s)
+    return out
+
+
+def make_partial(asr: PartialASR, early: PartialASR, counts: list[str], partial_ms: int = 320) -> UtteranceListener:
+    return UtteranceListener(SegmenterConfig(min_silence_ms=500, min_speech_ms=250), pre_roll_ms=64,
+                             early_asr_ms=200, max_utterance_s=30, transcribe=early.transcribe, tag="t",
+                             partial_asr_ms=partial_ms, transcribe_partial=asr.transcribe, count=counts.append)
+
+
+async def test_partials_during_speech_one_in_flight_and_the_closing_one_is_reused() -> None:
+    partial, early, counts = PartialASR(delay_s=0.02), PartialASR(), []
+    listener = make_partial(partial, early, counts)
+    seen: list[str] = []
+    listener.on_partial = seen.append
+    # 3.2 s of speech (100 windows), fed at 4 ms a window: a partial every 320 ms of new speech
+    # (10 windows) would be 10, but each takes 20 ms (5 windows), so they cannot overlap.
+    out = await feed_timed(listener, [(5, 0.0), (100, 0.9)], 0.004)
+    assert out == [] and partial.max_in_flight == 1
+    during = len(partial.calls)
+    assert 5 <= during <= 10
+    assert partial.calls == sorted(partial.calls)  # the growing utterance
+    assert listener.partial_text is not None and listener.partial_text == seen[-1]
+    await asyncio.sleep(0.1)  # the last partial of the speech is back (a slow machine's timers)
+    out += await feed_timed(listener, [(20, 0.0)], 0.004)
+    assert len(out) == 1
+    # The closing partial (at the pause) sent exactly the utterance's audio: the early
+    # transcription reused it, so the early ASR never ran and the final text is that partial.
+    assert early.calls == [] and len(partial.calls) == during + 1
+    assert partial.calls[-1] == len(out[0].audio) // 2
+    assert await out[0].asr_task == f"heard {len(out[0].audio) // 2}"
+    assert counts.count("partial_asr_reused") == 1 and listener.early_used == 1
+    assert partial.max_in_flight == 1 and listener.partial_text is None
+
+
+async def test_stale_partial_is_dropped_when_the_utterance_ends() -> None:
+    slow, early, counts = PartialASR(delay_s=5), PartialASR(), []
+    listener = make_partial(slow, early, counts, partial_ms=200)
+    out = await feed(listener, [(30, 0.9)])
+    assert len(slow.calls) == 1 and listener._partial is not None
+    task = listener._partial.task
+    # Silence: the partial in flight is not of the whole utterance, so the early ASR runs and
+    # the slow partial is cancelled when the utterance ends (its result could only be stale).
+    out = await feed(listener, [(20, 0.0)])
+    assert len(out) == 1 and len(early.calls) == 1
+    await asyncio.sleep(0)
+    assert task.cancelled() and listener._partial is None and listener.partial_text is None
+
+
+async def test_without_partials_nothing_changes() -> None:
+    results = []
+    for partial_ms in (0, 320):
+        partial, early, counts = PartialASR(), PartialASR(), []
+        listener = make_partial(partial, early, counts, partial_ms=partial_ms)
+        if partial_ms == 0:
+            out = await feed(listener, [(5, 0.0), (30, 0.9), (20, 0.0)])
+            assert partial.calls == [] and len(early.calls) == 1 and counts == []
+        else:
+            out = await feed(listener, [(5, 0.0), (30, 0.9), (20, 0.0)])
+        results.append((len(out), out[0].audio, await out[0].asr_task))
+    # Same utterance audio and same final transcript with and without partials.
+    assert results[0] == results[1]
+
+
+async def test_provider_that_declines_partials_gets_none() -> None:
+    early, counts = PartialASR(), []
+    listener = UtteranceListener(SegmenterConfig(min_silence_ms=500, min_speech_ms=250), pre_roll_ms=64,
+                                 early_asr_ms=200, max_utterance_s=30, transcribe=early.transcribe, tag="t",
+                                 partial_asr_ms=320, transcribe_partial=lambda audio: None, count=counts.append)
+    out = await feed(listener, [(5, 0.0), (40, 0.9), (20, 0.0)])
+    assert len(out) == 1 and len(early.calls) == 1 and counts == [] and listener.partial_text is None

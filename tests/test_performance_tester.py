@@ -241,7 +241,7 @@ def test_fake_and_idle_options() -> None:
     args = parse_args(["--idle", "3"])
     assert args.idle == 3 and not args.e2e and not args.components
     for bad in (["--fake-edge", "--url", "ws://127.0.0.1:1/"], ["--idle", "0"],
-                ["--fake-llm", "--fake-tokens-per-s", "0"]):
+                ["--fake-llm", "--fake-tokens-per-s", "0"], ["--fakes-process"], ["--server-cpus", "0-99"]):
         with pytest.raises(SystemExit) as exc:
             parse_args(bad)
         assert exc.value.code == 2, bad
@@ -288,6 +288,24 @@ async def test_fake_llm_with_piper_reports_server_spans(tmp_path: Path) -> None:
     assert positive(fake["token_delivery_ms"]["p50"]) and positive(fake["clause_delivery_ms"]["p50"])
     assert positive(report["summary"]["server.llm_first_token_to_first_frame_sent_ms.p50"])
     assert "llm_first_token -> first_frame_sent" in stdout and "FAKE LLM" in stdout
+
+
+async def test_fakes_in_their_own_process(tmp_path: Path) -> None:
+    """--fakes-process: the same fakes and the same report, from a child process."""
+    out = tmp_path / "fakes-process.json"
+    code, stdout, stderr = await run_tool("--fakes-process", "--fake-llm", "--fake-asr", "--fake-tts", "--devices",
+                                          "2", "--prompts", "1", "--no-abort", "--out", str(out))
+    assert code == 0, stdout + stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    for kind in ("llm", "asr", "tts"):
+        assert report["config"][kind]["type"] == "openai", kind
+    assert report["e2e"]["summary"]["turns_ok"] == 2
+    fakes = report["fakes"]
+    assert isinstance(fakes["process"], int) and fakes["process"] > 0
+    fake = fakes["llm"]
+    assert fake["chat_requests"] >= 2 and positive(fake["ttft_ms_measured"]["p50"])
+    assert len(fake["delivery_turns"]) == 2  # the child's timestamps lined up with the server's turns
+    assert "tester_loop_lag" in report["e2e"]["resources"]
 
 
 async def test_fake_edge_and_tool_rounds(tmp_path: Path) -> None:

@@ -42,8 +42,10 @@ async def spec_server(fake: FakeOpenAIServer) -> AsyncIterator[ServerProcess]:
         "asr": {"type": "openai", "base_url": fake.base_url, "api_key": "", "model": "fake-whisper",
                 "language": "en"},
         # A fixed 1 s window (no adaptive end; room for a slow machine) and early ASR at 100 ms.
+        # No partials: the scripted transcripts are for the early transcriptions alone
+        # (partials: tests/test_partials.py).
         "vad": {"type": "silero", "min_silence_ms": 1000, "early_asr_ms": 100, "adaptive_end": False,
-                "speculate": True},
+                "speculate": True, "partial_asr_ms": 0},
         "intent": {"mode": "function_call"},
     }
     async with start_server(overrides) as proc:
@@ -137,3 +139,15 @@ async def test_user_going_on_discards_the_speculation(spec_server: ServerProcess
     assert not any(m.get("role") == "tool" for m in answered)
     texts = json.dumps(answered)
     assert "80" not in texts
+
+
+async def test_each_turn_reports_what_speculation_did(spec_server: ServerProcess, fake: FakeOpenAIServer) -> None:
+    """The two questions above, as the turns /metrics lists: the first answered by its
+    speculation, the second after one was thrown away (its wasted LLM pieces counted)."""
+    voice = [t for t in await turns(spec_server) if t["kind"] == "voice" and not t["error"]]
+    assert len(voice) >= 2
+    first, second = voice[-2], voice[-1]
+    assert (first["speculations_started"], first["speculative"], first["speculations_discarded"]) == (1, True, 0)
+    assert first["speculation_wasted_llm_chunks"] == 0
+    assert second["speculations_started"] >= 1 and second["speculations_discarded"] >= 1
+    assert second["speculations_started"] == second["speculations_discarded"] + int(second["speculative"])

@@ -130,6 +130,7 @@ class RecordedRequest:
     audio_filename: str = ""
     audio_content_type: str = ""
     received_at: float = 0.0
+    finished_at: float = 0.0  # when the handler finished (time.monotonic), 0 while it runs
     reply: Any = None  # the script entry (or default) that answered
     chunks_sent: int = 0
     completed: bool = False  # the whole answer was written
@@ -160,6 +161,10 @@ class FakeOpenAIServer(FakeHTTPServer):
     default_chunk_delay_s: float = 0.0
     default_reply: Callable[[dict[str, Any]], ChatReply] | None = None  # request body -> reply
     default_transcript: str = "hello world"
+    # Unscripted transcriptions: the text for the uploaded WAV (e.g. by its length, to mimic a
+    # growing utterance's partial transcripts) instead of `default_transcript`, after a delay.
+    transcript_for: Callable[[bytes], str] | None = None
+    default_transcription_delay_s: float = 0.0
     # When set, requests without `Authorization: Bearer <require_key>` get a 401.
     require_key: str | None = None
     chat_script: list[ChatReply] = field(default_factory=list)
@@ -359,7 +364,8 @@ class FakeOpenAIServer(FakeHTTPServer):
             if denied is not None:
                 return denied
             reply = self.transcription_script.pop(0) if self.transcription_script else TranscriptionReply(
-                text=self.default_transcript)
+                text=self.transcript_for(rec.audio) if self.transcript_for and rec.audio else self.default_transcript,
+                delay_s=self.default_transcription_delay_s)
             rec.reply = reply
             if reply.hang:
                 await self._wait_until_gone(request, rec)
@@ -375,6 +381,7 @@ class FakeOpenAIServer(FakeHTTPServer):
                 return web.Response(text=reply.text)
             return web.json_response({"text": reply.text, "usage": {"type": "duration", "seconds": 1}})
         finally:
+            rec.finished_at = time.monotonic()
             rec.done.set()
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:

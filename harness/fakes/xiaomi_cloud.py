@@ -97,6 +97,7 @@ class Command:
     api: str     # ubus | miot
     name: str    # ubus method, or "action 5-1", "prop/get 3-1", ...
     args: Any
+    client: str = ""  # the login device id of the session that sent it (which server process)
 
 
 @dataclass
@@ -174,6 +175,7 @@ class _Session:
     sid: str
     ssecurity: str
     valid: bool = True
+    client: str = ""  # login device id the session was issued to
 
 
 @dataclass
@@ -188,8 +190,9 @@ class FakeXiaomiCloud(FakeHTTPServer):
     requests: list[tuple[float, str]] = field(default_factory=list)   # (time, path)
     first_served: dict[str, float] = field(default_factory=dict)      # requestId -> first poll that got it
     polls: dict[str, int] = field(default_factory=dict)              # speaker deviceID -> conversation polls
+    poll_log: list[tuple[float, str, str]] = field(default_factory=list)  # (time, speaker deviceID, client)
     _sessions: dict[str, _Session] = field(default_factory=dict)      # serviceToken -> session
-    _pending_sts: dict[str, tuple[str, str, int, str]] = field(default_factory=dict)
+    _pending_sts: dict[str, tuple[str, str, int, str, str]] = field(default_factory=dict)
     _http: aiohttp.ClientSession | None = None
     _fetches: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -281,7 +284,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
         ssecurity = base64.b64encode(os.urandom(16)).decode()
         nonce = secrets.randbelow(2**63 - 2**60) + 2**60  # always above 2**53
         key = secrets.token_hex(8)
-        self._pending_sts[key] = (account.user_id, sid, nonce, ssecurity)
+        self._pending_sts[key] = (account.user_id, sid, nonce, ssecurity, login_device_id)
         location = (f"{self.url}/sts/{sid}?d={login_device_id}&ticket=0&pwd=1&p_ts={int(time.time() * 1000)}"
                     f"&fid=0&nonce={secrets.token_urlsafe(12)}&tk={key}&_userIdNeedEncrypt=true")
         return {"code": 0, "result": "ok", "description": "成功", "desc": "成功", "securityStatus": 0,
@@ -341,11 +344,11 @@ class FakeXiaomiCloud(FakeHTTPServer):
         pending = self._pending_sts.pop(request.query.get("tk", ""), None)
         if pending is None:
             return web.Response(status=401, text="unknown ticket")
-        user_id, sid, nonce, ssecurity = pending
+        user_id, sid, nonce, ssecurity, client = pending
         if request.match_info["sid"] != sid or request.query.get("clientSign") != client_sign(nonce, ssecurity):
             return web.Response(status=401, text="bad clientSign")
         token = secrets.token_urlsafe(40)
-        self._sessions[token] = _Session(user_id, sid, ssecurity)
+        self._sessions[token] = _Session(user_id, sid, ssecurity, client=client)
         resp = web.Response(text="ok")
         resp.set_cookie("serviceToken", token, path="/")
         resp.set_cookie("userId", user_id, path="/")
@@ -391,7 +394,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
                                                                          ensure_ascii=False),
                                                "reqID": str(form.get("requestId", ""))}})
         method = str(form.get("method", ""))
-        sp.commands.append(Command(time.monotonic(), "ubus", method, message))
+        sp.commands.append(Command(time.monotonic(), "ubus", method, message, s.client))
         model = sp.model
         if method == "text_to_speech":
             text = str(message.get("text", ""))
@@ -463,6 +466,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
                                 content_type="text/html")
         now = time.monotonic()
         self.polls[sp.device_id] = self.polls.get(sp.device_id, 0) + 1
+        self.poll_log.append((now, sp.device_id, s.client))
         upper = int(request.query.get("timestamp") or time.time() * 1000)
         limit = int(request.query.get("limit") or 10)
         visible = [r for at, r in sp.records if at <= now and r["time"] <= upper]
@@ -519,7 +523,8 @@ class FakeXiaomiCloud(FakeHTTPServer):
                 else:
                     item["code"] = -704220043
                 if sp is not None:
-                    sp.commands.append(Command(time.monotonic(), "miot", f"prop {key[0]}-{key[1]}", p.get("value")))
+                    sp.commands.append(Command(time.monotonic(), "miot", f"prop {key[0]}-{key[1]}", p.get("value"),
+                                               s.client))
                 out.append(item)
             return self._miot_ok(out)
         if uri == "/miotspec/action":
@@ -531,7 +536,7 @@ class FakeXiaomiCloud(FakeHTTPServer):
                 result["code"] = -704042011
                 return self._miot_ok(result)
             args = p.get("in", [])
-            sp.commands.append(Command(time.monotonic(), "miot", f"action {siid}-{aiid}", args))
+            sp.commands.append(Command(time.monotonic(), "miot", f"action {siid}-{aiid}", args, s.client))
             if (siid, aiid) == sp.model.tts_action:
                 text = str(args[0]) if args else ""
                 sp._play("miot_tts", text, self._speech_s(text))

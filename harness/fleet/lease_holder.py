@@ -18,13 +18,16 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 from server.fleet.leased import LeasedJob, LeaseHandle
 from server.state.config import StateConfig
 
 
 def say(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
+    # `at`: when it happened, on the machine-wide monotonic clock (the test reads the line later,
+    # possibly much later on a loaded machine).
+    print(json.dumps({**fields, "at": time.monotonic()}), flush=True)
 
 
 async def main(argv: list[str]) -> int:

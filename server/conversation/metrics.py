@@ -32,6 +32,11 @@ class TurnMetrics:
     memory_ms: float = 0.0  # memory/persona lookups on this turn's critical path
     interrupted: bool = False
     speculative: bool = False  # answered by a reply started inside the silence window
+    # What speculation did for this utterance (server/session/speculation.py): replies started on
+    # its early transcripts, thrown away (the user went on), and their streamed LLM pieces.
+    speculations_started: int = 0
+    speculations_discarded: int = 0
+    speculation_wasted_llm_chunks: int = 0
     error: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -62,6 +67,8 @@ class MetricsLog:
     def __init__(self, size: int = 200) -> None:
         self.turns: deque[TurnMetrics] = deque(maxlen=size)
         self.counters: dict[str, int] = {}
+        # Values that go up and down or are a maximum (not summed across processes like counters).
+        self.gauges: dict[str, float] = {}
         # Called with every finished turn (the Prometheus histograms, server/fleet/prometheus.py).
         self.observers: list[Callable[[TurnMetrics], None]] = []
 
@@ -74,4 +81,5 @@ class MetricsLog:
         self.counters[name] = self.counters.get(name, 0) + n
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters), "turns": [t.to_dict() for t in self.turns]}
+        return {"counters": dict(self.counters), "gauges": dict(self.gauges),
+                "turns": [t.to_dict() for t in self.turns]}

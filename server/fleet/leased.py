@@ -40,8 +40,17 @@ class LeaseHandle:
 
     async def fenced_set(self, key: str, value: str) -> None:
         """Record progress; raises LeaseLost when the store refuses it."""
-        if not await self.leases.fenced_set(self.lease, key, value):
+        if not await self.try_fenced_set(key, value):
             raise LeaseLost(f"{self.lease.name}: write refused for generation {self.lease.generation}")
+
+    async def try_fenced_set(self, key: str, value: str) -> bool:
+        """Record progress; False when the store refuses it (another process holds the lease now)."""
+        return await self.leases.fenced_set(self.lease, key, value)
+
+    async def still_held(self) -> bool:
+        """Ask the store (not our clock) whether this term is still the live holding: checked
+        before an action a store write cannot fence, e.g. a command to a Xiaomi speaker."""
+        return await self.leases.holder(self.lease.name) == (self.lease.owner, self.lease.generation)
 
     async def fenced_get(self, key: str) -> str | None:
         got = await self.leases.fenced_get(key)
@@ -62,6 +71,7 @@ class LeasedJob:
         self.retry_s = retry_s if retry_s is not None else ttl_s / 3
         self.handle: LeaseHandle | None = None
         self.terms = 0  # how many times this process took the lease
+        self.lapsed = 0  # terms that ended because the lease ran out or was taken (not a clean stop)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -108,6 +118,7 @@ class LeasedJob:
                 if done:
                     break
                 if not handle.valid():
+                    self.lapsed += 1
                     log.warning("lease %s: deadline passed before renewal (paused or store unreachable); "
                                 "stopping", self.name)
                     break
@@ -115,9 +126,11 @@ class LeasedJob:
                 if renewed is None:
                     if handle.valid():
                         continue  # store unreachable: keep going until our own deadline
+                    self.lapsed += 1
                     log.warning("lease %s: could not renew in time; stopping", self.name)
                     break
                 if renewed.generation != lease.generation:
+                    self.lapsed += 1
                     log.warning("lease %s: lost it meanwhile (generation %d -> %d); stopping",
                                 self.name, lease.generation, renewed.generation)
                     handle.lease = renewed  # the old term is over; a new one starts below

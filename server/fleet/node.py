@@ -45,6 +45,10 @@ class FleetNode:
             presence = self.presence
             self.prometheus.extra_counters["xz_stale_connections_closed_total"] = (
                 "Sessions closed because their device connected again (on any process).", lambda: presence.kicked)
+            jobs = self.jobs
+            self.prometheus.extra_counters["xz_lease_terms_lapsed_total"] = (
+                "Lease terms that ended because the lease ran out or was taken over (a pause, a lost "
+                "store), not by a clean stop.", lambda: sum(j.lapsed for j in jobs))
             services.metrics.observers.append(self.prometheus.observe_turn)
             runner, self.prometheus_port = await start_listener(self.prometheus, listen)
             self._runners.append(runner)

@@ -133,6 +133,9 @@ class PrometheusMetrics:
         family("xz_events_total", "counter", "Server events (bad frames, drops, early ASR, auth rejections...).")
         for name, n in sorted(self.services.metrics.counters.items()):
             out.append(f"xz_events_total{_labels((('event', name),))} {n}")
+        if "loop_lag_max_ms" in self.services.metrics.gauges:
+            family("xz_event_loop_lag_max_seconds", "gauge", "Longest the event loop ran late since the start.")
+            out.append(f"xz_event_loop_lag_max_seconds {self.services.metrics.gauges['loop_lag_max_ms'] / 1000}")
         for name, (help_text, read) in sorted(self.extra_counters.items()):
             family(name, "counter", help_text)
             out.append(f"{name} {read()}")

@@ -77,6 +77,9 @@ class Provider:
     streaming: ClassVar[bool] = True
     # an LLM that accepts `LLMRequest.tools` and answers with tool calls (OpenAI function calling).
     supports_tools: bool = False
+    # an ASR for which transcribing the growing utterance every `vad.partial_asr_ms` is cheap
+    # (a remote service; a local model only when its settings say so): partial transcripts.
+    cheap_partials: bool = False
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
 
     def __init__(self, settings: ProviderSettings, context: ProviderContext, name: str | None = None) -> None:
@@ -165,6 +168,7 @@ class Transcript:
 class ASRProvider(Loadable, Protocol):
     name: str
     local: bool
+    cheap_partials: bool
 
     async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript: ...
 

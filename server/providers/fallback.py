@@ -42,6 +42,12 @@ class FallbackChain:
         """The primary provider's settings (what `describe`/the benchmark report)."""
         return self.providers[0].settings
 
+    @property
+    def cheap_partials(self) -> bool:
+        """Partials follow the provider that would answer now: while a remote ASR cools down and
+        a local one stands in, partial transcripts pause."""
+        return bool(self.order()[0].cheap_partials)
+
     def set_language(self, language: str) -> None:
         for p in self.providers:
             p.set_language(language)

@@ -7,6 +7,13 @@ With adaptive end of turn (`windows`), that early transcript also decides how mu
 this utterance (server.pipeline.turn_end): a finished-sounding request ends after the short
 window, one that trails off ("and then...") waits for the long one, and while the transcript
 is not known yet the default window applies.
+Partial transcripts (`partial_asr_ms`, on ASR providers that declare `cheap_partials`): every
+that-many ms of new speech, the growing utterance is transcribed in the background, at most one
+at a time per session; a result for an utterance that has since ended is dropped. Once the
+speech pauses for the tail the utterance would carry (`TAIL_SAMPLES`), a closing partial is taken
+of exactly the audio the early transcription would send: its text tells the end of turn whether
+the request reads finished (it covers every voiced sample), and the early transcription / the
+final transcript reuse it instead of sending the same audio again.
 Manual mode: everything between listen start and listen stop is the utterance (if VAD heard any
 speech in it).
 
@@ -92,6 +99,21 @@ class UplinkAudio:
 
 
 @dataclass(slots=True)
+class Partial:
+    """One partial transcription of the utterance so far."""
+
+    speech_start: int  # sample position where the utterance's speech began
+    voiced_end: int  # the last voiced sample it covers
+    bounds: tuple[int, int]  # the audio sent (sample positions, pre-roll and tail included)
+    task: asyncio.Task[Any]
+    text: str | None = None  # once done
+
+    def usable(self) -> bool:
+        t = self.task
+        return not t.cancelled() and (not t.done() or t.exception() is None)
+
+
+@dataclass(slots=True)
 class Utterance:
     audio: bytes  # PCM16 mono 16 kHz
     speech_end_arrival: float | None  # when the frame holding the last speech sample arrived
@@ -102,7 +124,9 @@ class Utterance:
 class UtteranceListener:
     def __init__(self, segmenter: SegmenterConfig, *, pre_roll_ms: int, early_asr_ms: int, max_utterance_s: float,
                  transcribe: Callable[[bytes], Awaitable[Any]] | None = None, tag: str = "",
-                 windows: TurnEndWindows | None = None) -> None:
+                 windows: TurnEndWindows | None = None, partial_asr_ms: int = 0,
+                 transcribe_partial: Callable[[bytes], Awaitable[Any] | None] | None = None,
+                 count: Callable[[str], None] | None = None) -> None:
         self._windows = windows if transcribe is not None and early_asr_ms else None
         if self._windows is not None:
             # The segmenter itself only ends at the longest window; shorter ends are decided here.
@@ -113,6 +137,14 @@ class UtteranceListener:
         self._early_after = early_asr_ms * PCM_RATE // 1000 if transcribe is not None else 0
         self._max_samples = int(max_utterance_s * PCM_RATE)
         self._transcribe = transcribe
+        self._partial_every = partial_asr_ms * PCM_RATE // 1000 if transcribe_partial is not None else 0
+        self._transcribe_partial = transcribe_partial
+        self._partial: Partial | None = None  # in flight (at most one)
+        self._latest: Partial | None = None  # the newest finished partial of the current utterance
+        self._closing: tuple[int, int] | None = None  # audio bounds of the last closing partial taken
+        self._count = count
+        # Partial text of the current utterance, as it grows (tests, logs; not sent to the device).
+        self.on_partial: Callable[[str], None] | None = None
         self.tag = tag
         self.mode = "auto"
         self.early_used = 0  # early transcripts that were handed to a turn (for metrics)
@@ -141,6 +173,7 @@ class UtteranceListener:
         if mode is not None:
             self.mode = mode
         self._drop_early()
+        self._drop_partials()
         self._segmenter.reset()
         self._audio.clear()
         self._audio_start = self._audio_pos = 0
@@ -149,6 +182,15 @@ class UtteranceListener:
 
     def close(self) -> None:
         self._drop_early()
+        self._drop_partials()
+
+    @property
+    def partial_text(self) -> str | None:
+        """The newest partial transcript of the utterance in progress (None: none yet)."""
+        latest = self._latest
+        if latest is None or not self._segmenter.in_speech or latest.speech_start != self._segmenter.speech_start:
+            return None
+        return latest.text
 
     # ------------------------------------------------------------------ feeding
 
@@ -173,6 +215,7 @@ class UtteranceListener:
                 del self._audio[: len(self._audio) - self._max_samples * 2]
                 self._audio_start = self._audio_pos - len(self._audio) // 2
         elif seg.in_speech:
+            self._maybe_start_partial()
             self._maybe_start_early_asr()
             if seg.position - seg.speech_start > self._max_samples:
                 log.info("[%s] utterance reached %.0f s: cutting it here", self.tag, self._max_samples / PCM_RATE)
@@ -208,6 +251,7 @@ class UtteranceListener:
             self.speech_seen = True
             return None
         if seg.event is SegmentEvent.DISCARD:
+            self._drop_partials()
             log.debug("[%s] discarded %.0f ms blip", self.tag, (seg.end - seg.start) / 16)
             return None
         if self.mode == "manual":
@@ -215,6 +259,7 @@ class UtteranceListener:
         start, end = self._bounds(seg.start, seg.end)
         utterance = Utterance(self._utterance_audio(seg.start, start, end), self._arrival_of(seg.end),
                               time.monotonic(), self._take_early(seg.start, seg.end))
+        self._drop_partials(keep=utterance.asr_task)
         # Drop what was consumed; keep the tail so speech right after still has its pre-roll.
         del self._audio[: (end - self._audio_start) * 2]
         self._audio_start = end
@@ -255,8 +300,14 @@ class UtteranceListener:
         seg = self._segmenter
         if early is not None and early[0] == (seg.speech_start, seg.last_voiced_end) and early[1].done() \
                 and not early[1].cancelled() and early[1].exception() is None:
-            result = early[1].result()
-            decision = classify(str(getattr(result, "text", result) or ""))
+            decision = classify(_text(early[1].result()))
+        else:
+            # A partial that covers every voiced sample reads as well as the early transcript
+            # (an older one does not: the words said after it may change how the request ends).
+            latest = self._latest
+            if latest is not None and latest.text is not None and latest.speech_start == seg.speech_start \
+                    and latest.voiced_end == seg.last_voiced_end:
+                decision = classify(latest.text)
         self.last_decision = decision
         return self._windows.for_decision(decision)
 
@@ -274,8 +325,13 @@ class UtteranceListener:
         if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
             return  # would be discarded as a blip anyway
         self._drop_early()
-        audio = self._utterance_audio(key[0], *self._bounds(*key))
-        task = asyncio.ensure_future(self._transcribe(audio))
+        bounds = self._bounds(*key)
+        reused = self._partial_of(key, bounds)
+        if reused is not None:
+            task = reused  # the closing partial sent exactly this audio: no second request
+            self._counted("partial_asr_reused")
+        else:
+            task = asyncio.ensure_future(self._transcribe(self._utterance_audio(key[0], *bounds)))
         self._early = (key, task)
         task.add_done_callback(self._early_done)
 
@@ -296,7 +352,13 @@ class UtteranceListener:
     def _take_early(self, start: int, end: int) -> asyncio.Task[Any] | None:
         early, self._early = self._early, None
         if early is None:
-            return None
+            # Ended before the early transcription started (a window shorter than early_asr_ms,
+            # the length limit): a partial of exactly this audio is as good.
+            task = self._partial_of((start, end), self._bounds(start, end))
+            if task is not None:
+                self._counted("partial_asr_reused")
+                self.early_used += 1
+            return task
         if early[0] == (start, end):
             self.early_used += 1
             return early[1]
@@ -304,3 +366,72 @@ class UtteranceListener:
         if self.on_early_dropped is not None:
             self.on_early_dropped(early[1])
         return None
+
+    # ------------------------------------------------------------------ partial transcripts
+
+    def _counted(self, name: str) -> None:
+        if self._count is not None:
+            self._count(name)
+
+    def _maybe_start_partial(self) -> None:
+        """Every `partial_asr_ms` of new speech, and once at the pause (the closing partial), if
+        none is in flight."""
+        if not self._partial_every or self._partial is not None or self._transcribe_partial is None:
+            return
+        seg = self._segmenter
+        latest = self._latest if self._latest is not None and self._latest.speech_start == seg.speech_start else None
+        covered = latest.voiced_end if latest is not None else seg.speech_start
+        key = (seg.speech_start, seg.last_voiced_end)
+        bounds = self._bounds(*key)
+        silence = seg.silence_ms * PCM_RATE / 1000
+        if silence >= TAIL_SAMPLES:
+            # The closing partial: the pause is long enough for the audio the early
+            # transcription would send to be complete; taken once, before that one starts.
+            if self._early is not None or self._partial_of(key, bounds) is not None or self._closing == bounds:
+                return
+            self._closing = bounds  # once per pause, even if that request fails
+        elif seg.last_voiced_end - covered < self._partial_every:
+            return
+        if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
+            return  # a blip so far
+        pending = self._transcribe_partial(self._utterance_audio(key[0], *bounds))
+        if pending is None:
+            return  # the provider does not take partials now (e.g. a chain fell back to a local one)
+        task = asyncio.ensure_future(pending)
+        self._partial = Partial(key[0], key[1], bounds, task)
+        task.add_done_callback(self._partial_done)
+
+    def _partial_done(self, task: asyncio.Task[Any]) -> None:
+        partial = self._partial
+        if partial is None or partial.task is not task:
+            return  # dropped (the utterance ended or was reset): a stale result
+        self._partial = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        seg = self._segmenter
+        if not seg.in_speech or seg.speech_start != partial.speech_start:
+            return  # the utterance it belongs to is over
+        partial.text = _text(task.result())
+        self._latest = partial
+        if self.on_partial is not None:
+            self.on_partial(partial.text)
+        log.debug("[%s] partial (%d ms): %r", self.tag, (partial.voiced_end - partial.speech_start) // 16,
+                  partial.text[:60])
+
+    def _partial_of(self, key: tuple[int, int], bounds: tuple[int, int]) -> asyncio.Task[Any] | None:
+        """The task of a partial (in flight or done) of exactly this utterance's audio, if any."""
+        for partial in (self._partial, self._latest):
+            if partial is not None and (partial.speech_start, partial.voiced_end) == key \
+                    and partial.bounds == bounds and partial.usable():
+                return partial.task
+        return None
+
+    def _drop_partials(self, keep: asyncio.Task[Any] | None = None) -> None:
+        partial, self._partial, self._latest, self._closing = self._partial, None, None, None
+        early = self._early[1] if self._early is not None else None
+        if partial is not None and partial.task is not keep and partial.task is not early:
+            partial.task.cancel()
+
+
+def _text(result: Any) -> str:
+    return str(getattr(result, "text", result) or "")

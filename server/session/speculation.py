@@ -33,6 +33,9 @@ class Speculator:
         self.conversation = conversation
         self.enabled = enabled
         self.turn: Turn | None = None
+        # Since the last utterance ended: speculations started, thrown away, LLM pieces wasted
+        # (reported on the turn that answers the utterance).
+        self._started = self._discarded = self._wasted = 0
         if enabled:
             listener.on_early_ready = self._on_early_ready
             listener.on_early_dropped = self._on_early_dropped
@@ -46,6 +49,7 @@ class Speculator:
             return
         self.drop()
         self.turn = c.speculate(b"", task)
+        self._started += 1
         log.debug("[%s] speculating on %r", c.tag, text[:60])
 
     def _on_early_dropped(self, task: asyncio.Task[Any]) -> None:
@@ -56,15 +60,25 @@ class Speculator:
         """The utterance ended. True if the speculative turn was for exactly this utterance and
         now answers it; False: the caller starts a normal turn."""
         turn, self.turn = self.turn, None
-        if turn is None:
-            return False
-        if utterance.asr_task is turn.asr_task and self.conversation.confirm(turn, metrics):
-            turn.audio = utterance.audio
-            return True
-        self.conversation.discard(turn)
-        return False
+        used = False
+        if turn is not None:
+            if utterance.asr_task is turn.asr_task and self.conversation.confirm(turn, metrics):
+                turn.audio = utterance.audio
+                used = True
+            else:
+                self._discard(turn)
+        target = turn.metrics if used and turn is not None else metrics
+        target.speculations_started, target.speculations_discarded = self._started, self._discarded
+        target.speculation_wasted_llm_chunks = self._wasted
+        self._started = self._discarded = self._wasted = 0
+        return used
 
     def drop(self) -> None:
         turn, self.turn = self.turn, None
         if turn is not None:
-            self.conversation.discard(turn)
+            self._discard(turn)
+
+    def _discard(self, turn: Turn) -> None:
+        self._discarded += 1
+        self._wasted += turn.llm_chunks
+        self.conversation.discard(turn)

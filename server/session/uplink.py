@@ -48,7 +48,9 @@ class Uplink:
             SegmenterConfig(threshold=s.threshold, neg_threshold=s.neg_threshold, min_silence_ms=s.min_silence_ms,
                             min_speech_ms=s.min_speech_ms, window_samples=vad.window_samples),
             pre_roll_ms=s.pre_roll_ms, early_asr_ms=s.early_asr_ms, max_utterance_s=max_utterance_s,
-            transcribe=self._early_transcribe, tag=tag, windows=end_windows(s))
+            transcribe=self._early_transcribe, tag=tag, windows=end_windows(s),
+            partial_asr_ms=getattr(s, "partial_asr_ms", 0), transcribe_partial=self._partial_transcribe,
+            count=metrics.count)
         self.input = UplinkAudio(vad, metrics.count)  # decode + VAD, batched across sessions
         self._busy = False  # frames of this session are at the VAD thread
         self._wake_audio: deque[bytes] = deque()
@@ -186,4 +188,12 @@ class Uplink:
         """The ASR the listener starts during the endpoint wait, counted as it starts: against
         `early_asr_used`, /metrics shows the work thrown away when the speaker went on."""
         self.metrics.count("early_asr_started")
+        return self.asr.transcribe(audio)
+
+    def _partial_transcribe(self, audio: bytes) -> Awaitable[Any] | None:
+        """A partial transcript of the utterance so far, if the ASR (as it stands now: a chain
+        may have fallen back to a local model) takes partials cheaply; None otherwise."""
+        if not self.asr.cheap_partials:
+            return None
+        self.metrics.count("partial_asr_started")
         return self.asr.transcribe(audio)

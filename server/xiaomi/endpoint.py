@@ -23,7 +23,8 @@ from server.xiaomi.audio_store import AudioStore, encode_mp3
 from server.xiaomi.config import SpeakerConfig
 from server.xiaomi.conversation import ConversationApi, ConversationRecord
 from server.xiaomi.devices import Speaker, find_speaker
-from server.xiaomi.errors import LoginError, XiaomiError
+from server.xiaomi.errors import LoginError, NotOurSpeaker, XiaomiError
+from server.xiaomi.fence import SpeakerFence, Unfenced
 from server.xiaomi.mina import MinaService
 from server.xiaomi.miot import MiotService
 from server.xiaomi.models import model_table
@@ -48,6 +49,10 @@ POLL_LIMIT = 5
 # future keeps a speaker whose clock runs ahead of ours from hiding its newest records.
 CURSOR_AHEAD_MS = 10 * 60 * 1000
 MAX_POLL_BACKOFF_S = 300.0
+# A process taking a speaker over from another answers queries newer than the cursor the old
+# holder left if they are at most this old (one said during the hand-over, while XiaoAi's own
+# answer can still be cut); older ones XiaoAi has answered itself by now.
+TAKEOVER_CATCH_UP_MS = 5000
 
 
 @dataclass
@@ -64,7 +69,8 @@ class SpeakerEndpoint:
                  new_conversation: Callable[[SpeakerEndpoint], Conversation], pcm_voice: Any,
                  audio_store: AudioStore | None, audio_base_url: str, language: str,
                  poll_interval_s: float, fast_poll_interval_s: float, fast_poll_window_s: float,
-                 session_idle_s: float, timing: PlaybackTiming | None = None) -> None:
+                 session_idle_s: float, timing: PlaybackTiming | None = None,
+                 fence: SpeakerFence | None = None) -> None:
         self.cfg = cfg
         self.account_label = account_label
         self.mina = mina
@@ -81,6 +87,9 @@ class SpeakerEndpoint:
         self.fast_poll_window_s = fast_poll_window_s
         self.session_idle_s = session_idle_s
         self.timing = timing or PlaybackTiming()
+        # Who may act on the speaker: always us with one process; a fleet lease's term otherwise
+        # (the bridge sets a new one for every term).
+        self.fence: SpeakerFence = fence or Unfenced()
         self.policy = TriggerPolicy(mode=cfg.mode, keywords=tuple(cfg.keywords), continuous=cfg.continuous,
                                     followup_timeout_s=cfg.followup_timeout_s, exit_phrases=tuple(cfg.exit_phrases))
         self.tag = f"xiaomi:{cfg.match}"
@@ -144,10 +153,14 @@ class SpeakerEndpoint:
         self.tag = f"xiaomi:{found.label}"
         self.identity = self.cfg.identity or f"xiaomi-{found.mina.device_id}"
         self.control = SpeakerControl(found, profile, self.mina, self.miot, timing=self.timing,
-                                      audio_store=self.audio_store, audio_base_url=self.audio_base_url, tag=self.tag)
+                                      audio_store=self.audio_store, audio_base_url=self.audio_base_url, tag=self.tag,
+                                      fence=self._check_fence)
         log.info("[%s] bridging %s, mode %s%s, reply via %s, memory identity %s", self.tag, found.describe(),
                  self.cfg.mode, " + continuous" if self.cfg.continuous else "", self.cfg.reply_via, self.identity)
         return True
+
+    async def _check_fence(self, write: bool = True) -> None:
+        await self.fence.check(write)
 
     async def _shutdown(self) -> None:
         await self._stop_player()
@@ -191,26 +204,52 @@ class SpeakerEndpoint:
                 failures = 0
             self.state = "polling"
             if records_filter is None:
-                # Everything already there when we start is history, not a question for us.
-                records_filter = RecordFilter.primed(records, started_ms=int(time.time() * 1000) - 5000)
-            else:
-                for record in records_filter.new(records):
-                    try:
-                        await self.on_query(record)
-                    except XiaomiError as exc:
-                        log.warning("[%s] handling %r failed: %s", self.tag, record.query, exc)
-                    except Exception:  # noqa: BLE001 - one bad query must not end this speaker's bridge
-                        log.exception("[%s] handling %r failed", self.tag, record.query)
+                try:
+                    records_filter = await self._first_filter(records)
+                except NotOurSpeaker:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the lease store hiccuped: try again next poll
+                    log.warning("[%s] cannot read or record the conversation cursor (%s); retrying", self.tag, exc)
+                    await asyncio.sleep(self.interval(time.monotonic()))
+                    continue
+            for record in records_filter.new(records):
+                try:
+                    await self.on_query(record)
+                except NotOurSpeaker:
+                    raise  # another process has the speaker now: this term is over
+                except XiaomiError as exc:
+                    log.warning("[%s] handling %r failed: %s", self.tag, record.query, exc)
+                except Exception:  # noqa: BLE001 - one bad query must not end this speaker's bridge
+                    log.exception("[%s] handling %r failed", self.tag, record.query)
             now = time.monotonic()
             await self._close_if_idle(now)
             await asyncio.sleep(max(0.0, self.interval(now) - (now - t0)))
 
+    async def _first_filter(self, records: list[ConversationRecord]) -> RecordFilter:
+        """The first poll of a term. Everything already there is history, not a question for
+        us; except, when another process held the speaker before, what came after the cursor it
+        left within the catch-up window (a query said during the hand-over)."""
+        now_ms = int(time.time() * 1000)
+        cursor = await self.fence.cursor()
+        if cursor is None:
+            primed = RecordFilter.primed(records, started_ms=now_ms - 5000)
+            # Leave the mark for the next term (this process's, after a pause, or another's): a
+            # query said while the lease changes hands is then caught up, not taken for history.
+            newest = max(records, key=lambda r: r.time_ms, default=None)
+            await self.fence.claim(ConversationRecord(newest.key if newest else "", primed.started_ms, ""))
+            return primed
+        log.info("[%s] new lease term: resuming after the last query claimed (at %d)", self.tag, cursor.time_ms)
+        return RecordFilter.after(records, cursor.time_ms, cursor.key, not_before_ms=now_ms - TAKEOVER_CATCH_UP_MS)
+
     async def on_query(self, record: ConversationRecord) -> None:
-        """A new record: decide, mute XiaoAi, and start (or end) a turn."""
+        """A new record: decide, claim it (fleet), mute XiaoAi, and start (or end) a turn."""
         assert self.control is not None
         now = time.monotonic()
         decision = self.policy.decide(record.query, now, record.xiaoai_acted)
         log.info("[%s] heard %r -> %s", self.tag, record.query, decision.action)
+        # Claimed before anything is done about it, ours or XiaoAi's: a process that took the
+        # speaker over (or wakes up stale) never handles it a second time.
+        await self.fence.claim(record)
         if decision.action == "ignore":
             # XiaoAi answers this one; if we were still talking, the user moved on.
             if self.conversation is not None and self.conversation.busy:

@@ -91,3 +91,10 @@ class CommandFailed(XiaomiError):
     """The cloud understood the request but the speaker refused it (non-zero code)."""
 
     retry_after_s = 5.0
+
+
+class NotOurSpeaker(XiaomiError):
+    """This process no longer holds the fleet lease of the speaker (another process polls it now,
+    or this one was paused past its lease): nothing may be sent to the speaker any more."""
+
+    retry_after_s = 0.0

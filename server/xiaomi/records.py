@@ -26,6 +26,18 @@ class RecordFilter:
             f._remember(r.key)
         return f
 
+    @classmethod
+    def after(cls, records: list[ConversationRecord], cursor_ms: int, cursor_key: str,
+              not_before_ms: int) -> RecordFilter:
+        """A filter for a process taking over: new is what came after the previous holder's
+        cursor, but nothing older than `not_before_ms`."""
+        f = cls(max(cursor_ms, not_before_ms))
+        f._remember(cursor_key)
+        for r in records:
+            if r.time_ms < cursor_ms:
+                f._remember(r.key)
+        return f
+
     def new(self, records: list[ConversationRecord]) -> list[ConversationRecord]:
         """The records not seen before and not older than the start, oldest first."""
         fresh = []

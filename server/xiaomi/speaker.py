@@ -29,7 +29,8 @@ MUTE_REPEATS_S = (0.0, 0.35, 0.8, 1.4, 2.2)
 class SpeakerControl:
     def __init__(self, speaker: Speaker, profile: ModelProfile, mina: MinaService, miot: MiotService, *,
                  timing: PlaybackTiming | None = None, audio_store: AudioStore | None = None,
-                 audio_base_url: str = "", tag: str = "") -> None:
+                 audio_base_url: str = "", tag: str = "",
+                 fence: Callable[[bool], Awaitable[None]] | None = None) -> None:
         self.speaker = speaker
         self.profile = profile
         self.mina = mina
@@ -45,6 +46,13 @@ class SpeakerControl:
         self._mute_stop: asyncio.Event | None = None
         self._mute_task: asyncio.Task[None] | None = None
         self.first_speak_at: float | None = None  # monotonic time of the latest reply's first speak command
+        # Raises NotOurSpeaker once another process of the fleet owns the speaker (fence.py);
+        # awaited right before every request to it. True: a command; False: a status read.
+        self._fence = fence
+
+    async def _ours(self, write: bool = True) -> None:
+        if self._fence is not None:
+            await self._fence(write)
 
     # -- muting XiaoAi ---------------------------------------------------------------------------
 
@@ -65,6 +73,7 @@ class SpeakerControl:
             if stop.is_set() and offset > 0:
                 return  # the first pause always goes out: it is the one that matters
             try:
+                await self._ours()
                 await self.mina.pause(self.device_id)
             except XiaomiError as exc:
                 log.info("[%s] muting XiaoAi failed: %s", self.tag, exc)
@@ -86,6 +95,7 @@ class SpeakerControl:
         """Speak with XiaoAi's voice; returns the estimated duration in seconds."""
         self._mark_speak()
         if self.profile.mina_tts:
+            await self._ours()
             await self.mina.text_to_speech(self.device_id, text)
         else:
             await self._miot_action(self.profile.tts_action, [text])
@@ -96,6 +106,7 @@ class SpeakerControl:
         if self.audio_store is None or not self.audio_base_url:
             raise XiaomiError("server_audio needs xiaomi.audio_base_url and the HTTP port")
         url = self.audio_base_url + self.audio_store.add(mp3)
+        await self._ours()
         self._mark_speak()
         if self.profile.play_api == "play_music":
             await self.mina.play_music(self.device_id, url)
@@ -114,11 +125,13 @@ class SpeakerControl:
             siid, piid, value = prop
 
             async def by_prop() -> bool:
+                await self._ours(False)
                 return await self.miot.get_prop(self.did, siid, piid) == value
 
             return by_prop
         if self.profile.play_status:
             async def by_status() -> bool:
+                await self._ours(False)
                 return (await self.mina.play_status(self.device_id)).playing
 
             return by_status
@@ -134,15 +147,19 @@ class SpeakerControl:
         await self._miot_action(self.profile.wake_action, list(self.profile.wake_args))
 
     async def stop(self) -> None:
+        await self._ours()
         await self.mina.stop(self.device_id)
 
     async def set_volume(self, volume: int) -> None:
+        await self._ours()
         await self.mina.set_volume(self.device_id, volume)
 
     async def volume(self) -> int | None:
+        await self._ours(False)
         return (await self.mina.play_status(self.device_id)).volume
 
     async def _miot_action(self, action: tuple[int, int], args: list[str | int]) -> None:
         if not self.did:
             raise XiaomiError(f"[{self.tag}] no MIoT did known for this speaker; MIoT actions are unavailable")
+        await self._ours()
         await self.miot.action(self.did, action[0], action[1], args)

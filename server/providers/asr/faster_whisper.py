@@ -48,6 +48,10 @@ class FasterWhisperSettings(ProviderSettings):
     # Chinese transcripts: "simplified" or "traditional" converts to that script (zhconv),
     # "as_is" keeps what Whisper wrote.
     chinese_script: Literal["simplified", "traditional", "as_is"] = "simplified"
+    # Partial transcripts while the user speaks (vad.partial_asr_ms). Off by default: on a CPU each
+    # one is a full Whisper run that competes with the final transcript and the LLM; turn it on
+    # with a GPU or spare cores.
+    partials: bool = False
 
 
 def bundled_model_dir() -> Path:
@@ -71,6 +75,7 @@ class FasterWhisperASR(Provider):
         self._model: Any = None
         self._english_only = False
         self._to_script: Any = None
+        self.cheap_partials = self.settings.partials
 
     async def load(self) -> None:
         try:

@@ -3,13 +3,15 @@
 (whisper-large-v3-turbo), a local faster-whisper / speaches server.
 
 The reference server posted with sync `requests` and no timeout from inside a coroutine, so one
-slow upload froze every device on the loop. Here the async SDK uploads a WAV built from the
-utterance's PCM, bounded by `timeout_s`, retried on 429/5xx/network errors.
+slow upload froze every device on the loop. Here an async request uploads a WAV built from the
+utterance's PCM (plain aiohttp, not the SDK: less CPU on the event loop), bounded by
+`timeout_s`, retried on 429/5xx/network errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -19,7 +21,9 @@ from server.providers.base import PCM_RATE, ProviderSettings, Transcript
 from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
-    extra_params,
+    error_body_message,
+    retry_after_header,
+    status_error,
 )
 from server.providers.retry import call_with_retries, exponential
 
@@ -48,6 +52,9 @@ class OpenAIASRSettings(ProviderSettings):
     retries: int = Field(default=1, ge=0, le=5)
     retry_backoff_s: float = Field(default=0.3, ge=0, le=30)
     extra_body: dict[str, Any] = Field(default_factory=dict)  # extra form fields
+    # Partial transcripts while the user speaks (vad.partial_asr_ms): a remote service does the
+    # work, so they cost an upload each; false to save requests on a metered plan.
+    partials: bool = True
 
 
 def parse_tags(text: str) -> tuple[str, str | None, str | None]:
@@ -67,6 +74,10 @@ class OpenAIASR(OpenAIClientProvider):
     Settings = OpenAIASRSettings
     settings: OpenAIASRSettings
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cheap_partials = self.settings.partials
+
     async def transcribe(self, pcm: bytes, sample_rate: int = PCM_RATE) -> Transcript:
         from server.audio.pcm import write_wav
 
@@ -77,25 +88,57 @@ class OpenAIASR(OpenAIClientProvider):
         wav = write_wav(pcm, sample_rate)  # a header and a copy: microseconds, fine on the loop
         return await call_with_retries(self.name, s.retries, exponential(s.retry_backoff_s), lambda: self._request(wav))
 
-    async def _request(self, wav: bytes) -> Transcript:
+    def form(self, wav: bytes) -> Any:
+        import aiohttp
+
         s = self.settings
-        kwargs: dict[str, Any] = {"file": ("speech.wav", wav, "audio/wav"), "model": s.model}
+        form = aiohttp.FormData()
+        form.add_field("file", wav, filename="speech.wav", content_type="audio/wav")
+        form.add_field("model", s.model)
         if s.language and s.language != "auto":
-            kwargs["language"] = s.language
+            form.add_field("language", s.language)
         if s.prompt:
-            kwargs["prompt"] = s.prompt
-        kwargs.update(extra_params(s.api_key, s.extra_body))
+            form.add_field("prompt", s.prompt)
+        for key, value in s.extra_body.items():
+            form.add_field(key, value if isinstance(value, str) else json.dumps(value))
+        return form
+
+    async def _request(self, wav: bytes) -> Transcript:
+        # Plain aiohttp rather than the SDK: one multipart POST and a JSON answer, without the
+        # SDK's per-request CPU on the event loop (see OpenAIClientProvider.plain_session).
+        import aiohttp
+
+        s = self.settings
+        url = s.base_url.rstrip("/") + "/audio/transcriptions"
         try:
-            # The SDK's own timeout covers connect and each read; this bounds the whole call.
-            async with asyncio.timeout(s.timeout_s):
-                result = await self._client.audio.transcriptions.create(**kwargs)
+            async with asyncio.timeout(s.timeout_s), self.plain_session().post(
+                    url, data=self.form(wav), headers=self.plain_headers({"Accept": "application/json"})) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise status_error(self.name, resp.status, error_body_message(body), s.base_url,
+                                       retry_after_header(resp.headers.get("retry-after")))
+        except OpenAIProviderError:
+            raise
         except TimeoutError:
             raise OpenAIProviderError(self.name, f"no answer from {s.base_url} within {s.timeout_s:g} s (timeout_s)",
                                       retryable=True) from None
-        except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
-            raise self._error(exc) from exc
-        raw = result if isinstance(result, str) else str(getattr(result, "text", "") or "")
+        except aiohttp.ClientError as exc:
+            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
+                                                 f"{exc}", retryable=True) from exc
+        raw = _transcript_text(body)
         text, language, emotion = parse_tags(raw)
         if language is None and s.language and s.language != "auto":
             language = s.language
         return Transcript(text=text, language=language, emotion=emotion)
+
+
+def _transcript_text(body: bytes) -> str:
+    """`{"text": ...}` (json/verbose_json), or the body itself (text/srt answers)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()
+    if isinstance(data, dict):
+        return str(data.get("text") or "")
+    return data if isinstance(data, str) else ""

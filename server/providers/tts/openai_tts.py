@@ -28,13 +28,17 @@ from server.providers.base import AudioChunk, ProviderSettings, ProviderUnavaila
 from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
-    extra_params,
+    error_body_message,
+    retry_after_header,
+    status_error,
 )
 from server.providers.retry import exponential, stream_with_retries
 
 log = logging.getLogger("server.providers")
 
 _UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+READ_BYTES = 16384  # about 340 ms of 24 kHz PCM
+READ_BYTES_MP3 = 4096  # about half a second of speech MP3
 _PCM_SUBFORMAT = 1  # WAVE_FORMAT_PCM, also the first two bytes of an EXTENSIBLE sub-format GUID
 
 
@@ -256,6 +260,7 @@ class OpenAITTS(OpenAIClientProvider):
         return f"{self.name} ({self.settings.model}, {self.settings.voice})"
 
     def request_params(self, text: str) -> dict[str, Any]:
+        """The JSON body of the request (`extra_body` merged in, as the SDK would)."""
         s = self.settings
         params: dict[str, Any] = {"model": s.model, "voice": s.voice, "input": text,
                                   "response_format": s.response_format}
@@ -263,7 +268,7 @@ class OpenAITTS(OpenAIClientProvider):
             params["speed"] = s.speed
         if s.instructions:
             params["instructions"] = s.instructions
-        params.update(extra_params(s.api_key, s.extra_body))
+        params.update(s.extra_body)
         return params
 
     async def synthesize(self, text: str) -> AsyncIterator[AudioChunk]:
@@ -291,20 +296,32 @@ class OpenAITTS(OpenAIClientProvider):
         return step(*args)
 
     async def _attempt(self, text: str) -> AsyncIterator[AudioChunk]:
-        import httpx2
+        # Plain aiohttp rather than the SDK: one request per sentence of every reply, and the
+        # endpoint is a JSON POST answered with audio bytes (see plain_session for the cost).
+        import aiohttp
 
         s = self.settings
         decoder = self._decoder()
         total = 0
+        url = s.base_url.rstrip("/") + "/audio/speech"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
         try:
-            async with self._client.audio.speech.with_streaming_response.create(**self.request_params(text)) as resp:
+            async with self.plain_session().post(url, json=self.request_params(text), headers=self.plain_headers(),
+                                                 timeout=timeout) as resp:
+                if resp.status >= 400:
+                    body = await resp.content.read(4096)
+                    raise status_error(self.name, resp.status, error_body_message(body), s.base_url,
+                                       retry_after_header(resp.headers.get("retry-after")))
                 content_type = resp.headers.get("content-type", "").lower()
                 if content_type.startswith(("application/json", "text/")):
-                    body = (await resp.read())[:300].decode(errors="replace")
+                    body = (await resp.content.read(300)).decode(errors="replace")
                     raise OpenAIProviderError(self.name, f"{s.base_url} answered {content_type} instead of audio: "
-                                                         f"{body}", retryable=False, status=resp.status_code)
+                                                         f"{body}", retryable=False, status=resp.status)
                 # Closing the generator early exits this block, which closes the connection.
-                async for data in resp.iter_bytes():
+                # A bounded read at a time: a body that arrived whole still streams on in
+                # pieces the pacer and the encoder can start on.
+                step = READ_BYTES_MP3 if s.response_format == "mp3" else READ_BYTES
+                async for data in resp.content.iter_chunked(step):
                     pcm = await self._decode(decoder, decoder.feed, data)
                     if pcm:
                         total += len(pcm)
@@ -317,13 +334,14 @@ class OpenAITTS(OpenAIClientProvider):
             raise
         except ValueError as exc:
             raise OpenAIProviderError(self.name, f"bad audio from {s.base_url}: {exc}") from exc
-        except httpx2.TimeoutException as exc:
-            raise OpenAIProviderError(self.name, f"{s.base_url} stalled for {s.timeout_s:g} s (timeout_s)",
+        except TimeoutError as exc:
+            raise OpenAIProviderError(self.name, f"{s.base_url} timed out: nothing for {s.timeout_s:g} s "
+                                                 "(timeout_s)", retryable=True) from exc
+        except aiohttp.ClientPayloadError as exc:  # the body broke off
+            raise OpenAIProviderError(self.name, f"audio stream from {s.base_url} broke: {exc}",
                                       retryable=True) from exc
-        except httpx2.RequestError as exc:  # the body broke off (the SDK wraps only the request)
-            raise OpenAIProviderError(self.name, f"audio stream from {s.base_url} broke: "
-                                                 f"{type(exc).__name__}: {exc}", retryable=True) from exc
-        except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
-            raise self._error(exc) from exc
+        except aiohttp.ClientError as exc:
+            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
+                                                 f"{exc}", retryable=True) from exc
         if total == 0:
             raise OpenAIProviderError(self.name, f"{s.base_url} sent no audio for {text[:40]!r}", retryable=True)

@@ -54,6 +54,12 @@ class SileroSettings(ProviderSettings):
     # confirm the end: if the user stays quiet the transcript is ready sooner; if they go on,
     # the early result is thrown away. 0 disables it.
     early_asr_ms: int = Field(default=200, ge=0, le=5000)
+    # Partial transcripts while the user speaks: every this-many ms of new speech the growing
+    # utterance is transcribed in the background (one at a time per session), and once more at
+    # the pause, so the end of turn can read it and the final transcript can reuse it. Only on
+    # ASR providers that declare them cheap (remote ones; local Whisper with `asr.partials: true`).
+    # 0 disables it.
+    partial_asr_ms: int = Field(default=500, ge=0, le=10000)
     # Adaptive end of turn (needs early_asr_ms > 0): the early transcript picks the silence that
     # ends the utterance: short_silence_ms when it reads as a finished request, long_silence_ms
     # when it trails off ("and then...", "嗯..."), min_silence_ms while it is not known yet.
