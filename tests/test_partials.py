@@ -112,7 +112,10 @@ async def test_partials_during_speech_and_the_final_answer_unchanged(fake: FakeO
     during = [r for r in on_requests if r.received_at < speech_end - 0.2]
     assert len(during) >= 2, [(round(r.received_at - speech_end, 2), wav_ms(r.audio)) for r in on_requests]
     lengths = [wav_ms(r.audio) for r in during]
-    assert lengths == sorted(lengths) and lengths[-1] < full_ms
+    # Growing, and at least two taken while the voice went on. The last may already be the
+    # whole utterance: the closing partial at the pause is taken of exactly that audio, and the
+    # clip's trailing silence can put it before the device finished streaming.
+    assert lengths == sorted(lengths) and sum(1 for n in lengths if n < full_ms) >= 2, lengths
     assert stats.get("partial_asr_started", 0) >= len(during)
     # Never two partials in flight: any two requests that overlap in time include the one of
     # the whole utterance (the early transcription may run next to the last partial).
