@@ -185,7 +185,7 @@ async def test_no_device_id_gets_an_identity_of_its_own(server: ServerProcess) -
         await ws.send(json.dumps({"type": "hello", "version": 1, "transport": "websocket"}))
         hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert hello["type"] == "hello"
-    assert "no device id; using a per-connection identity" in server.log_text()
+    assert await server.wait_for_log("no device id; using a per-connection identity")
 
 
 async def test_query_string_identity_for_browsers(server: ServerProcess) -> None:

@@ -49,6 +49,17 @@ class ServerProcess:
     def log_text(self) -> str:
         return "\n".join(self.log_lines)
 
+    async def wait_for_log(self, text: str, timeout: float = 5.0) -> bool:
+        """Whether `text` shows up in the log within `timeout`: the server writes its log from a
+        thread of its own, and this process reads it asynchronously, so a line can trail the
+        event it describes by a few milliseconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while text not in self.log_text():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     def rss_bytes(self) -> int:
         import psutil
 
