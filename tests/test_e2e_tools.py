@@ -119,10 +119,22 @@ async def test_spoken_request_calls_a_device_mcp_tool(tool_server: ServerProcess
         await dev.close()
 
 
+async def llm_quiet(llm: Any, window_s: float = 0.7, limit_s: float = 10.0) -> None:
+    """Wait until no new chat request has arrived for `window_s` (at most `limit_s`)."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    seen = -1
+    while seen != len(llm.chat_requests()) and asyncio.get_running_loop().time() < deadline:
+        seen = len(llm.chat_requests())
+        await asyncio.sleep(window_s)
+
+
 async def test_home_assistant_light_switched_on(tool_server: ServerProcess, fakes) -> None:
     llm, hass = fakes
     dev = await connected(tool_server)
     try:
+        # The previous test's session may still be summarised by the LLM as it closes: that
+        # request would take the scripted tool call. Start once the LLM has gone quiet.
+        await llm_quiet(llm)
         llm.chat_script.extend([
             ChatReply(tool_calls=[ToolCallSpec("hass_set_state", {"entity": "kitchen light", "state": "on"})]),
             ChatReply(text="The kitchen light is on."),
