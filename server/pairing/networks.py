@@ -15,26 +15,31 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-def network_of(address: str) -> str:
-    """'192.168.1.7' -> '192.168.1.0/24'; '2001:db8:1:2::9' -> '2001:db8:1:2::/64'; else as is."""
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address (zone id dropped, IPv4-mapped IPv6 as IPv4), None when it is not an IP."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:
-        return address
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def network_of(address: str) -> str:
+    """'192.168.1.7' -> '192.168.1.0/24'; '2001:db8:1:2::9' -> '2001:db8:1:2::/64'; else as is."""
+    ip = _ip(address)
+    if ip is None:
+        return address
     prefix = 24 if ip.version == 4 else 64
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def is_local(address: str) -> bool:
     """Private (RFC 1918, ULA), link-local or loopback: an address only a nearby host can use."""
-    try:
-        ip = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
+    ip = _ip(address)
+    if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return ip.is_private or ip.is_loopback or ip.is_link_local
 
 
