@@ -112,3 +112,17 @@ def redis_engine() -> Iterator[Any]:
 
     with redis_server() as redis:
         yield redis
+
+
+async def redis_url_for(request: pytest.FixtureRequest) -> str:
+    """For fixtures parametrised over "postgresql" / "redis": the Redis URL (emptied first) when the
+    parameter is redis, else "" (leases and the bus on PostgreSQL)."""
+    if request.param != "redis":
+        return ""
+    url = request.getfixturevalue("redis_engine").url
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return url

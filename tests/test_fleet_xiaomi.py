@@ -36,6 +36,7 @@ from harness.devsim.server_process import ServerProcess
 from harness.fakes.openai_server import ChatReply, FakeOpenAIServer
 from harness.fakes.xiaomi_cloud import FakeSpeaker, FakeXiaomiCloud
 from harness.fleet.cluster import Fleet, fleet
+from tests.conftest import redis_url_for
 
 pytestmark = pytest.mark.e2e
 
@@ -60,14 +61,7 @@ async def fakes() -> AsyncIterator[tuple[FakeXiaomiCloud, FakeOpenAIServer]]:
 async def two(request: pytest.FixtureRequest, pg_cluster: Any,
               fakes: tuple[FakeXiaomiCloud, FakeOpenAIServer]) -> AsyncIterator[tuple[Fleet, dict[str, FakeSpeaker]]]:
     cloud, llm = fakes
-    redis_url = ""
-    if request.param == "redis":
-        redis_url = request.getfixturevalue("redis_engine").url
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url)
-        await client.flushdb()
-        await client.aclose()
+    redis_url = await redis_url_for(request)
     # A fresh account per run: its speakers' records and commands start empty; so does the LLM log.
     llm.reset()
     speakers = {name: FakeSpeaker(name, "LX06") for name in NAMES}

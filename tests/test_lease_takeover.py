@@ -21,6 +21,7 @@ import pytest
 
 from server.state import open_state
 from server.state.config import StateConfig
+from tests.conftest import redis_url_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TTL = 2.0
@@ -62,14 +63,7 @@ class Engine:
 
 @pytest.fixture(params=["postgresql", "redis"])
 async def engine(request: pytest.FixtureRequest, pg_cluster: Any) -> Engine:
-    redis_url = ""
-    if request.param == "redis":
-        redis_url = request.getfixturevalue("redis_engine").url
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url)
-        await client.flushdb()
-        await client.aclose()
+    redis_url = await redis_url_for(request)
     return Engine(await pg_cluster.new_database(), redis_url)
 
 
