@@ -212,3 +212,48 @@ async def test_provider_that_declines_partials_gets_none() -> None:
                                  partial_asr_ms=320, transcribe_partial=lambda audio: None, count=counts.append)
     out = await feed(listener, [(5, 0.0), (40, 0.9), (20, 0.0)])
     assert len(out) == 1 and len(early.calls) == 1 and counts == [] and listener.partial_text is None
+
+
+def test_quiet_packets_skipped_without_pcm_give_the_same_utterances() -> None:
+    """A DTX packet taken by `skip_quiet` (no PCM built, no call per VAD window) must leave the
+    listener exactly where `feed` with that much digital silence would: same utterances, same
+    audio to the sample, same positions. Random mixes of DTX, room noise and speech."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(40):
+        fast, slow = make(), make()
+        fast_out: list = []
+        slow_out: list = []
+        skipped = 0
+        carry = 0  # samples short of a whole VAD window, like the Silero stream's pending audio
+        for step in range(300):
+            kind = rng.choices(["dtx", "noise", "speech"], [6, 1, 2])[0]
+            if kind == "dtx":
+                samples = rng.choice([320, 960, 960, 1920])
+                windows, carry = divmod(carry + samples, WIN)
+                if fast.skip_quiet(samples, windows, float(step)):
+                    skipped += 1
+                else:
+                    fast_out += fast.feed(bytes(samples * 2), [0.0] * windows, float(step), quiet=True)
+                slow_out += slow.feed(bytes(samples * 2), [0.0] * windows, float(step), quiet=True)
+                continue
+            n = rng.choice([1, 2, 3])
+            # Whole windows of sound: noise is quiet to the VAD, speech is not.
+            pcm = frame(n, step + 1)
+            prob = 0.9 if kind == "speech" else 0.1
+            if carry:
+                # The window straddling the carried silence: pad it so windows stay whole.
+                pad = WIN - carry
+                for listener, out in ((fast, fast_out), (slow, slow_out)):
+                    out += listener.feed(bytes(pad * 2), [0.0], float(step), quiet=True)
+                carry = 0
+            fast_out += fast.feed(pcm, [prob] * n, float(step))
+            slow_out += slow.feed(pcm, [prob] * n, float(step))
+            if rng.random() < 0.02:
+                fast.reset()
+                slow.reset()
+        assert [u.audio for u in fast_out] == [u.audio for u in slow_out], trial
+        assert fast._segmenter.position == slow._segmenter.position
+        assert fast._audio_pos == slow._audio_pos
+        assert skipped > 0

@@ -92,6 +92,18 @@ class Segmenter:
             return self.end()
         return None
 
+    def skip_quiet(self, windows: int) -> None:
+        """`windows` windows of probability 0 while not in speech (a DTX packet): the same state
+        `feed(0.0)` would leave, without a call per window."""
+        assert not self.in_speech
+        c = self.config
+        if windows >= c.start_window:
+            self._recent.clear()  # no vote left in the start window either way
+        else:
+            for i in range(windows):
+                self._recent.append((False, self.position + i * c.window_samples))
+        self.position += windows * c.window_samples
+
     def end(self) -> Segment | None:
         """Close the current utterance now (silence reached, or forced by a length limit)."""
         if not self.in_speech:

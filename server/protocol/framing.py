@@ -78,3 +78,12 @@ def unpack(version: int, data: bytes) -> BinaryFrame:
             raise FramingError(f"v3 header says {size} payload bytes, frame carries {len(data) - V3_HEADER_SIZE}")
         return BinaryFrame(bytes(data[V3_HEADER_SIZE:]), 0, ptype)
     raise FramingError(f"unsupported framing version {version}")
+
+
+def audio_payload(version: int, data: bytes) -> bytes | None:
+    """The Opus payload of an audio frame; None for a JSON one (v2/v3). The hot path of every
+    microphone frame, so no BinaryFrame for v1; raises FramingError like `unpack`."""
+    if version == 1:
+        return data
+    frame = unpack(version, data)
+    return None if frame.payload_type == PAYLOAD_JSON else frame.payload

@@ -81,13 +81,14 @@ class UplinkAudio:
     def reset(self) -> None:
         self._stream.reset()
 
-    def silent(self, packet: bytes) -> tuple[bytes, list[float]] | None:
-        """(PCM, probabilities) for a DTX packet, None for a packet that needs decoding."""
+    def silent(self, packet: bytes) -> tuple[int, int] | None:
+        """For a DTX packet: (samples of silence, VAD windows it completes), the VAD stream
+        advanced past it; None for a packet that needs decoding."""
         samples = dtx_samples(packet) if self._skip is not None else None
         if samples is None:
             return None
         self._counted("uplink_dtx_frames")
-        return bytes(samples * 2), [0.0] * self._skip(samples)
+        return samples, self._skip(samples)
 
     def needs_decoding(self, packet: bytes) -> bool:
         return self._skip is None or dtx_samples(packet) is None
@@ -152,6 +153,7 @@ class UtteranceListener:
         self._audio = bytearray()  # audio since the last reset, trimmed while nobody speaks
         self._audio_start = 0  # sample position of _audio[0]
         self._audio_pos = 0  # samples received since the last reset
+        self._sound_end = 0  # where the last PCM that was not DTX silence ends (skip_quiet)
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=400)  # (end sample, arrival time)
         self.speech_seen = False
         self._early: tuple[tuple[int, int], asyncio.Task[Any]] | None = None
@@ -176,7 +178,7 @@ class UtteranceListener:
         self._drop_partials()
         self._segmenter.reset()
         self._audio.clear()
-        self._audio_start = self._audio_pos = 0
+        self._audio_start = self._audio_pos = self._sound_end = 0
         self._arrivals.clear()
         self.speech_seen = False
 
@@ -194,8 +196,25 @@ class UtteranceListener:
 
     # ------------------------------------------------------------------ feeding
 
-    def feed(self, pcm: bytes, probs: list[float], arrival: float) -> list[Utterance]:
+    def skip_quiet(self, samples: int, windows: int, arrival: float) -> bool:
+        """`samples` of digital silence (a DTX packet) with `windows` VAD windows of probability 0,
+        taken without building PCM when that changes nothing: no speech in progress, not manual
+        mode, and the kept audio is all silence already (then it only moves along in time; it is
+        dropped, since a missing pre-roll is filled with the same silence). False: use `feed`."""
+        if self._segmenter.in_speech or self.mode == "manual" or self._sound_end > self._audio_start:
+            return False
+        self._segmenter.skip_quiet(windows)
+        self._audio.clear()
+        self._audio_pos += samples
+        self._audio_start = self._audio_pos
+        self._arrivals.append((self._audio_pos, arrival))
+        return True
+
+    def feed(self, pcm: bytes, probs: list[float], arrival: float, *, quiet: bool = False) -> list[Utterance]:
+        """PCM and its VAD probabilities; `quiet`: the PCM is digital silence (a DTX packet)."""
         self._audio.extend(pcm)
+        if not quiet:
+            self._sound_end = self._audio_pos + len(pcm) // 2
         self._audio_pos += len(pcm) // 2
         self._arrivals.append((self._audio_pos, arrival))
         out: list[Utterance] = []

@@ -78,6 +78,7 @@ class Session:
         self._warn = RateLimitedLog()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._relisten_expected_until = 0.0
+        self._waiting_for_frame = False  # the receive loop waits for a frame (take_audio_frame)
         self.text_guard = TypedTextGuard(cfg.session.max_text_chars, cfg.session.text_turns_per_minute)
         self.downlink = Downlink(endpoint, self.session_id, framing_version=self.framing_version,
                                  frame_ms=cfg.audio_out.frame_duration_ms,
@@ -106,18 +107,41 @@ class Session:
         self._spawn(self._watchdog(), "watchdog")
         log.info("[%s] connected from %s (client %s, framing v%d)", self.tag, self.device.remote,
                  self.device.client_id or "-", self.framing_version)
+        frames = aiter(incoming)
         try:
-            async for frame in incoming:
+            while not self.closed:
+                self._waiting_for_frame = True
+                try:
+                    frame = await anext(frames)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._waiting_for_frame = False
                 if isinstance(frame, str):
                     await self.on_text(frame)
                 elif (json_text := self.on_binary(frame)) is not None:
                     # JSON inside a binary frame (protocol v2/v3) is handled here, in the receive
                     # loop, like text: a client that floods them waits for us, never piles up tasks.
                     await self.on_text(json_text)
-                if self.closed:
-                    break
         finally:
             await self.shutdown()
+
+    def take_audio_frame(self, data: bytes) -> bool:
+        """A binary frame straight from the socket's protocol callback, before it is queued for
+        the receive loop: an audio frame is handled here and now (True), which spares every
+        microphone frame a task wake-up; anything else (JSON in a v2/v3 frame, frames before the
+        hello) is left to the receive loop (False). Only while that loop waits with nothing
+        queued, so frames are still handled in the order they came (`listen` before audio)."""
+        if not self._waiting_for_frame or not self.hello_received or self.closed:
+            return False
+        try:
+            payload = framing.audio_payload(self.framing_version, data)
+        except FramingError:
+            return False  # the receive loop warns and counts it
+        if payload is None:
+            return False
+        self.uplink.audio(payload, time.monotonic())
+        return True
 
     async def shutdown(self) -> None:
         self.closed = True

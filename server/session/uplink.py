@@ -78,7 +78,7 @@ class Uplink:
             # queue, no task switch (the common case for a device that listens to a quiet room).
             silent = self.input.silent(packet)
             if silent is not None:
-                self._on_pcm(*silent, arrival)
+                self._on_silence(*silent, arrival)
                 return
         self._enqueue("audio", (packet, arrival))
 
@@ -129,7 +129,7 @@ class Uplink:
                 continue
             silent = self.input.silent(packet)
             if silent is not None:
-                self._on_pcm(*silent, arrival)  # DTX: silence, without decoding or the model
+                self._on_silence(*silent, arrival)  # DTX: silence, without decoding or the model
                 continue
             # This frame and the ones queued right behind it go to the VAD thread as one job.
             frames = [value]
@@ -178,8 +178,13 @@ class Uplink:
         while len(self._wake_audio) > int(WAKE_AUDIO_S * 1000 / max(self.frame_ms, 10)):
             self._wake_audio.popleft()
 
-    def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float) -> None:
-        for utterance in self.listener.feed(pcm, probs, arrival):
+    def _on_silence(self, samples: int, windows: int, arrival: float) -> None:
+        """A DTX packet: nothing at all to do for a quiet room, else silence fed like audio."""
+        if not self.listener.skip_quiet(samples, windows, arrival):
+            self._on_pcm(bytes(samples * 2), [0.0] * windows, arrival, quiet=True)
+
+    def _on_pcm(self, pcm: bytes, probs: list[float], arrival: float, *, quiet: bool = False) -> None:
+        for utterance in self.listener.feed(pcm, probs, arrival, quiet=quiet):
             self._on_utterance(utterance)
         if self.listener.in_speech:
             self._on_speech(arrival)
