@@ -39,6 +39,30 @@ def test_end_depends_on_audio_not_on_call_timing() -> None:
     assert [e for _, e in feed(a, probs)] == [e for _, e in feed(b, probs)]
 
 
+def test_skipping_quiet_windows_equals_feeding_zeros() -> None:
+    """`skip_quiet` (a DTX packet while nobody speaks) ends in the state `feed(0.0)` per window
+    would: the same events, at the same sample positions, whatever votes were pending."""
+    import random
+
+    rng = random.Random(3)
+    started = 0
+    for _ in range(200):
+        a, b = Segmenter(), Segmenter()
+        events_a, events_b = [], []
+        for _ in range(120):
+            if not a.in_speech and rng.random() < 0.5:
+                windows = rng.choice([0, 1, 1, 2, 3, 6])
+                a.skip_quiet(windows)
+                events_b += [e for _ in range(windows) if (e := b.feed(0.0)) is not None]
+                continue
+            prob = rng.choice([0.0, 0.2, 0.6, 0.9])
+            events_a += [e] if (e := a.feed(prob)) is not None else []
+            events_b += [e] if (e := b.feed(prob)) is not None else []
+        assert events_a == events_b and a.position == b.position and a.in_speech == b.in_speech
+        started += any(e.event is SegmentEvent.SPEECH_START for e in events_a)
+    assert started > 100
+
+
 def test_hysteresis_keeps_soft_syllables_in_speech() -> None:
     seg = Segmenter(SegmenterConfig(min_silence_ms=300))
     # 0.4 is below threshold but above neg_threshold: not silence.

@@ -97,11 +97,15 @@ class Segmenter:
         `feed(0.0)` would leave, without a call per window."""
         assert not self.in_speech
         c = self.config
-        if windows >= c.start_window:
-            self._recent.clear()  # no vote left in the start window either way
-        else:
-            for i in range(windows):
-                self._recent.append((False, self.position + i * c.window_samples))
+        recent = self._recent
+        if recent:
+            if windows >= c.start_window or not any(voiced for voiced, _ in recent):
+                # No vote left in the start window (unvoiced entries count for nothing): the
+                # same state as pushing `windows` unvoiced ones in, and a quiet room's usual one.
+                recent.clear()
+            else:
+                for i in range(windows):
+                    recent.append((False, self.position + i * c.window_samples))
         self.position += windows * c.window_samples
 
     def end(self) -> Segment | None:

@@ -34,6 +34,7 @@ from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
 from server.transport.device_id import resolve_identity, safe_client_id
+from server.transport.fast_frames import at_frame_boundary, take_frames
 from server.transport.limits import ConnectionSlots, client_address, host_of
 
 log = logging.getLogger("server.ws")
@@ -178,23 +179,34 @@ class DeviceServer:
                 super().connection_made(transport)
 
             def data_received(self, data: bytes) -> None:
-                if not self.refused:
-                    super().data_received(data)
+                if self.refused:
+                    return
+                if self.take_audio_frame is not None and not _queued_frames(self) \
+                        and at_frame_boundary(self.protocol):
+                    # Plain microphone frames at the front of the chunk skip websockets' parser
+                    # (server/transport/fast_frames.py); the rest goes the usual way, in order.
+                    used = take_frames(data, self._take, self.protocol.max_message_size)
+                    if used == len(data):
+                        return
+                    data = data[used:]
+                super().data_received(data)
 
             def process_event(self, event: Any) -> None:  # a Request during the handshake, then Frames
-                # Microphone frames go to the session from here when it can take them in order
-                # (Session.take_audio_frame): no queueing and no task wake-up per frame, which
-                # was most of what a listening device cost.
-                take = self.take_audio_frame
-                if take is not None and event.opcode is Opcode.BINARY and event.fin \
-                        and not _queued_frames(self):
-                    try:
-                        if take(event.data):
-                            return
-                    except Exception:  # noqa: BLE001 - one bad frame never breaks the socket
-                        log.exception("audio frame handling failed; frame dropped")
-                        return
+                # Microphone frames parsed by websockets still go to the session from here when
+                # it can take them in order (Session.take_audio_frame): no queueing and no task
+                # wake-up per frame.
+                if self.take_audio_frame is not None and event.opcode is Opcode.BINARY and event.fin \
+                        and not _queued_frames(self) and self._take(event.data):
+                    return
                 super().process_event(event)
+
+            def _take(self, payload: bytes) -> bool:
+                assert self.take_audio_frame is not None
+                try:
+                    return self.take_audio_frame(payload)
+                except Exception:  # noqa: BLE001 - one bad frame never breaks the socket
+                    log.exception("audio frame handling failed; frame dropped")
+                    return True
 
             def eof_received(self) -> bool | None:
                 return None if self.refused else super().eof_received()
