@@ -348,7 +348,7 @@ def test_thinking_params_per_mode() -> None:
 def test_request_params_carry_the_vendor_switch() -> None:
     llm = OpenAILLM(OpenAILLM.Settings(base_url="https://open.bigmodel.cn/api/paas/v4", api_key="k",
                                        model="glm-4.5-flash"), CTX)
-    assert llm.request_params(ask("hi"))["extra_body"] == {"thinking": {"type": "disabled"}}
+    assert llm.request_params(ask("hi"))["thinking"] == {"type": "disabled"}
 
 
 async def test_disable_thinking_true_and_extra_body_reach_the_server(fake: FakeOpenAIServer, make: Factory) -> None:
@@ -614,3 +614,34 @@ async def test_fake_non_stream_completion_and_models(fake: FakeOpenAIServer) -> 
         assert [m.id for m in models.data] == ["fake-model"]
     finally:
         await client.close()
+
+
+async def test_sse_reader_splits_lines_itself() -> None:
+    """Events cut anywhere across reads, CRLF, comments, multi-line data and a 200 KB line."""
+    from server.providers.openai_common import sse_data
+
+    big = "x" * 200_000
+    wire = (b": keep-alive\r\n\r\ndata: {\"a\": 1}\r\n\r\nevent: message\ndata: line one\ndata: line two\n\n"
+            b"data:" + big.encode() + b"\n\ndata: \xe4\xbd\xa0\xe5\xa5\xbd\n\ndata: [DONE]\n\n")
+
+    class Body:
+        def __init__(self, cut: int) -> None:
+            self.cut = cut
+
+        async def iter_any(self):  # noqa: ANN202 - aiohttp's StreamReader interface
+            for i in range(0, len(wire), self.cut):
+                yield wire[i:i + self.cut]
+
+    for cut in (1, 2, 7, 4096, len(wire)):
+        events = [e async for e in sse_data(Body(cut))]
+        assert events == ['{"a": 1}', "line one\nline two", big, "你好", "[DONE]"], cut
+
+
+def test_chunk_that_is_not_json_or_an_error_is_a_provider_error() -> None:
+    from server.providers.llm.openai_llm import parse_chunk
+
+    with pytest.raises(ProviderError, match="not JSON"):
+        parse_chunk("{oops", "llm.openai", "http://x")
+    with pytest.raises(ProviderError, match="overloaded"):
+        parse_chunk('{"error": {"message": "overloaded"}}', "llm.openai", "http://x")
+    assert parse_chunk('{"choices": []}', "llm.openai", "http://x") == {"choices": []}

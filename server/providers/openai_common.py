@@ -9,6 +9,7 @@ must not pay for (or require) the SDK, so those imports happen inside the functi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -102,6 +103,30 @@ def error_body_message(body: bytes) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
+async def sse_data(stream: Any) -> AsyncIterator[str]:
+    """The `data` of each server-sent event read from an aiohttp body (`response.content`):
+    lines split by us (aiohttp's line reader refuses long lines), multi-line data joined,
+    comments and other fields skipped."""
+    buffer = bytearray()
+    data: list[str] = []
+    async for piece in stream.iter_any():
+        buffer += piece
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+        del buffer[:start]
+    if data:
+        yield "\n".join(data)
+
+
 def retry_after_header(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -132,18 +157,6 @@ def request_headers(api_key: str, extra: dict[str, str] | None = None) -> dict[s
     if not api_key:
         headers["Authorization"] = openai.Omit()
     return headers
-
-
-def extra_params(api_key: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """The SDK call's `extra_body` and `extra_headers` arguments, each only when there is
-    something to send (a copy of `body`: the SDK must not share the settings' dict)."""
-    params: dict[str, Any] = {}
-    if body:
-        params["extra_body"] = dict(body)
-    all_headers = request_headers(api_key, headers)
-    if all_headers:
-        params["extra_headers"] = all_headers
-    return params
 
 
 def _resolve_resources(client: Any) -> None:

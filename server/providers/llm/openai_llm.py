@@ -1,10 +1,10 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, DeepSeek, Qwen/DashScope, GLM, Moonshot, Doubao,
-Ollama, LM Studio, vLLM...) through the async `openai` SDK, streamed.
+Ollama, LM Studio, vLLM...), streamed over plain aiohttp (see `_attempt` for why not the SDK).
 
 What it fixes compared with the reference server's provider (sync client on a thread, default
 300 s timeout, think tags and text-printed tool calls read aloud):
-- one `AsyncOpenAI` client shared by all sessions, its own retries off: this provider retries,
-  and only before anything was yielded (a restarted answer would be heard twice);
+- one connection pool shared by all sessions; this provider retries, and only before anything
+  was yielded (a restarted answer would be heard twice);
 - every call bounded: `timeout_s` for connect and for each read, `first_token_timeout_s` for the
   wait until the model produces anything at all;
 - `<think>` blocks and `reasoning_content` never reach the speaker, also when a tag is split
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -35,7 +36,10 @@ from server.providers.llm.openai_text import SpeechFilter, ToolCallAccumulator, 
 from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
-    extra_params,
+    error_body_message,
+    retry_after_header,
+    sse_data,
+    status_error,
 )
 from server.providers.retry import exponential, stream_with_retries
 
@@ -93,7 +97,7 @@ class OpenAILLM(OpenAIClientProvider):
                  f" (thinking off via {', '.join(thinking)})" if thinking else "")
 
     def request_params(self, request: LLMRequest) -> dict[str, Any]:
-        """The arguments of `chat.completions.create` for one request."""
+        """The JSON body of one `/chat/completions` request."""
         s = self.settings
         params: dict[str, Any] = {
             "model": s.model,
@@ -112,8 +116,8 @@ class OpenAILLM(OpenAIClientProvider):
             params["tools"] = request.tools
             params["tool_choice"] = "auto"
         # extra_body is merged last: it wins over disable_thinking's parameters.
-        body = {**thinking_params(s.disable_thinking, s.base_url), **s.extra_body}
-        params.update(extra_params(s.api_key, body, s.extra_headers))
+        params.update(thinking_params(s.disable_thinking, s.base_url))
+        params.update(s.extra_body)
         return params
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMDelta]:
@@ -127,48 +131,67 @@ class OpenAILLM(OpenAIClientProvider):
                 yield delta
 
     async def _attempt(self, params: dict[str, Any]) -> AsyncIterator[LLMDelta]:
-        """One HTTP call, streamed. Raises OpenAIProviderError."""
+        """One HTTP call, streamed. Raises OpenAIProviderError.
+
+        Plain aiohttp and our own reading of the event stream rather than the SDK: the SDK
+        spent about 8 ms of event-loop CPU per request and builds a pydantic object per
+        streamed token, which with many devices answering at once held the loop shared by
+        every device long enough to break their audio pacing (see plain_session)."""
+        import aiohttp
+
         s = self.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.first_token_timeout_s
         speech = SpeechFilter(detect_json_calls="tools" in params)
         calls = ToolCallAccumulator()
-        stream: Any = None
         started = False  # the model produced something (text, reasoning or a tool call)
         spoken = False
         finish = None
+        url = s.base_url.rstrip("/") + "/chat/completions"
+        headers = self.plain_headers({"Accept": "text/event-stream", **s.extra_headers})
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
+        response: Any = None
         try:
             # No yield happens inside a timeout block: the deadline only covers our own awaits.
             async with asyncio.timeout_at(deadline):
-                stream = await self._client.chat.completions.create(**params)
-            chunks = aiter(stream)
+                response = await self.plain_session().post(url, json=params, headers=headers, timeout=timeout)
+                if response.status >= 400:
+                    body = await response.content.read(4096)
+                    raise status_error(self.name, response.status, error_body_message(body), s.base_url,
+                                       retry_after_header(response.headers.get("retry-after")))
+            events = aiter(sse_data(response.content))
             while True:
                 try:
                     if started:
-                        chunk = await anext(chunks)
+                        data = await anext(events)
                     else:
                         async with asyncio.timeout_at(deadline):
-                            chunk = await anext(chunks)
+                            data = await anext(events)
                 except StopAsyncIteration:
                     break
-                if not chunk.choices:
+                if data == "[DONE]":
+                    break
+                chunk = parse_chunk(data, self.name, s.base_url)
+                choices = chunk.get("choices")
+                if not choices or not isinstance(choices[0], dict):
                     continue  # a usage-only chunk
-                choice = chunk.choices[0]
-                finish = choice.finish_reason or finish
-                delta = choice.delta
-                if delta is None:
+                choice = choices[0]
+                finish = choice.get("finish_reason") or finish
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
                     continue
                 # DeepSeek/Qwen/vLLM send thoughts as `reasoning_content` (or `reasoning`): it
                 # proves the model is alive, and is never spoken.
-                if getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None):
+                if delta.get("reasoning_content") or delta.get("reasoning"):
                     started = True
-                for frag in delta.tool_calls or ():
+                for frag in delta.get("tool_calls") or ():
                     started = True
-                    fn = frag.function
-                    calls.add(frag.index, frag.id, fn.name if fn else None, fn.arguments if fn else None)
-                if delta.content:
+                    fn = frag.get("function") or {}
+                    calls.add(frag.get("index"), frag.get("id"), fn.get("name"), fn.get("arguments"))
+                content = delta.get("content")
+                if content:
                     started = True
-                    text = speech.feed(delta.content)
+                    text = speech.feed(content)
                     if not spoken:
                         text = text.lstrip()
                     if text:
@@ -185,14 +208,37 @@ class OpenAILLM(OpenAIClientProvider):
             if finish == "length":
                 log.info("%s: answer cut at max_tokens", self.name)
         except TimeoutError:
+            if started:
+                raise OpenAIProviderError(self.name, f"timed out after {s.timeout_s:g} s (timeout_s) talking to "
+                                                     f"{s.base_url}", retryable=True) from None
             raise OpenAIProviderError(
                 self.name, f"no output from {s.base_url} within {s.first_token_timeout_s:g} s "
                            "(first_token_timeout_s)", retryable=True) from None
         except OpenAIProviderError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every SDK/network failure becomes a ProviderError
-            raise self._error(exc) from exc
+        except aiohttp.ClientPayloadError as exc:  # the body broke off
+            raise OpenAIProviderError(self.name, f"connection to {s.base_url} broke mid-answer: {exc}",
+                                      retryable=True) from exc
+        except aiohttp.ClientError as exc:
+            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
+                                                 f"{exc}", retryable=True) from exc
         finally:
-            if stream is not None:
+            if response is not None:
                 # Closing an unfinished response drops the connection: the server stops generating.
-                await stream.close()
+                response.close()
+
+
+def parse_chunk(data: str, name: str, base_url: str) -> dict[str, Any]:
+    """One streamed chunk; an error event (`{"error": ...}`) or garbage is a ProviderError."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise OpenAIProviderError(name, f"{base_url} sent a chunk that is not JSON: {data[:120]!r}",
+                                  retryable=True) from None
+    if not isinstance(chunk, dict):
+        raise OpenAIProviderError(name, f"{base_url} sent an unexpected chunk: {data[:120]!r}", retryable=True)
+    error = chunk.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else error
+        raise OpenAIProviderError(name, f"{base_url} reported an error mid-stream: {message}", retryable=True)
+    return chunk
