@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from server.transport.fast_frames import at_frame_boundary, take_frames
+from server.transport.fast_frames import at_frame_boundary, size_limit, take_frames
 
 
 def open_pair() -> tuple[ClientProtocol, ServerProtocol]:
@@ -118,7 +118,7 @@ def test_every_message_once_in_order_whatever_the_chunking() -> None:
         partial: list[bytes] = []
         for chunk in chunks(rng, writes):
             if at_frame_boundary(server):
-                used = take_frames(chunk, take, server.max_message_size)
+                used = take_frames(chunk, take, size_limit(server))
                 chunk = chunk[used:]
                 if not chunk:
                     continue

@@ -29,7 +29,9 @@ _OPCODE_BINARY = 0x2
 def at_frame_boundary(protocol: Any) -> bool:
     """True when websockets' receiving side is open, outside any fragmented message, has no
     bytes buffered and its parser waits for the first byte of a new frame."""
-    if protocol.state is not State.OPEN or protocol.current_size is not None or protocol.reader.buffer:
+    # `current_size` (websockets 16+) / `cur_size` (15): set while a fragmented message is open.
+    in_message = getattr(protocol, "current_size", getattr(protocol, "cur_size", 0))
+    if protocol.state is not State.OPEN or in_message is not None or protocol.reader.buffer:
         return False
     # The parser is a generator delegating (`yield from`) to others: the innermost one it waits
     # in must be the reader's end-of-stream check at the top of the frame loop.
@@ -40,6 +42,13 @@ def at_frame_boundary(protocol: Any) -> bool:
             break
         waiting_in = inner
     return getattr(waiting_in, "gi_code", None) is _AT_EOF
+
+
+def size_limit(protocol: Any) -> int | None:
+    """The largest frame websockets would accept on this connection (None: no limit)."""
+    limits = [getattr(protocol, name, None) for name in ("max_message_size", "max_fragment_size", "max_size")]
+    sizes = [limit for limit in limits if isinstance(limit, int)]
+    return min(sizes) if sizes else None
 
 
 def take_frames(data: bytes, take: Callable[[bytes], bool], max_size: int | None) -> int:

@@ -35,7 +35,7 @@ from server.session.device import DeviceInfo
 from server.session.session import Session
 from server.transport.auth import TokenAuth
 from server.transport.device_id import resolve_identity, safe_client_id
-from server.transport.fast_frames import at_frame_boundary, take_frames
+from server.transport.fast_frames import at_frame_boundary, size_limit, take_frames
 from server.transport.limits import ConnectionSlots, client_address, host_of
 
 log = logging.getLogger("server.ws")
@@ -213,7 +213,7 @@ class DeviceServer:
                         and at_frame_boundary(self.protocol):
                     # Plain microphone frames at the front of the chunk skip websockets' parser
                     # (server/transport/fast_frames.py); the rest goes the usual way, in order.
-                    used = take_frames(data, self._take, self.protocol.max_message_size)
+                    used = take_frames(data, self._take, size_limit(self.protocol))
                     if used == len(data):
                         return
                     data = data[used:]
