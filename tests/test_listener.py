@@ -182,12 +182,17 @@ async def test_stale_partial_is_dropped_when_the_utterance_ends() -> None:
     out = await feed(listener, [(30, 0.9)])
     assert len(slow.calls) == 1 and listener._partial is not None
     task = listener._partial.task
-    # Silence: the partial in flight is not of the whole utterance, so the early ASR runs and
-    # the slow partial is cancelled when the utterance ends (its result could only be stale).
+    # Silence: the partial in flight is not of the whole utterance. At the pause it is cancelled
+    # (its result could only be stale) and the closing partial, of exactly the utterance's
+    # audio, takes its place at once; the early transcription reuses that one.
     out = await feed(listener, [(20, 0.0)])
-    assert len(out) == 1 and len(early.calls) == 1
     await asyncio.sleep(0)
-    assert task.cancelled() and listener._partial is None and listener.partial_text is None
+    assert task.cancelled() and counts.count("partial_asr_superseded") == 1
+    assert len(out) == 1 and early.calls == [] and len(slow.calls) == 2
+    assert slow.calls[-1] == len(out[0].audio) // 2 and counts.count("partial_asr_reused") == 1
+    assert out[0].asr_task is not None and not out[0].asr_task.done()
+    assert listener._partial is None and listener.partial_text is None
+    out[0].asr_task.cancel()
 
 
 async def test_without_partials_nothing_changes() -> None:

@@ -395,7 +395,7 @@ class UtteranceListener:
     def _maybe_start_partial(self) -> None:
         """Every `partial_asr_ms` of new speech, and once at the pause (the closing partial), if
         none is in flight."""
-        if not self._partial_every or self._partial is not None or self._transcribe_partial is None:
+        if not self._partial_every or self._transcribe_partial is None:
             return
         seg = self._segmenter
         latest = self._latest if self._latest is not None and self._latest.speech_start == seg.speech_start else None
@@ -408,8 +408,15 @@ class UtteranceListener:
             # transcription would send to be complete; taken once, before that one starts.
             if self._early is not None or self._partial_of(key, bounds) is not None or self._closing == bounds:
                 return
+            if self._partial is not None:
+                # A partial of fewer words is still in flight: its answer is stale already, and
+                # waiting for it would put the closing one (and the reply speculated on it) up to
+                # a whole request later. It is cancelled; still one request in flight at most.
+                self._partial.task.cancel()
+                self._partial = None
+                self._counted("partial_asr_superseded")
             self._closing = bounds  # once per pause, even if that request fails
-        elif seg.last_voiced_end - covered < self._partial_every:
+        elif self._partial is not None or seg.last_voiced_end - covered < self._partial_every:
             return
         if seg.last_voiced_end - seg.speech_start < seg.config.min_speech_ms * PCM_RATE // 1000:
             return  # a blip so far
