@@ -65,6 +65,9 @@ class E2EOptions:
     typed: int = 0
     turn_timeout_s: float = 60.0
     trailing_silence_ms: int = 1500  # room silence the mic keeps sending after the question
+    # The devices decode the reply frames they play (reply audio length); the ramp only times
+    # them (DeviceConfig.decode_replies).
+    decode_replies: bool = True
     language: str = "en"
 
 
@@ -310,7 +313,7 @@ async def _abort(dev: SimDevice, record: TurnRecord, opts: E2EOptions) -> None:
 async def _device(index: int, identity: DeviceIdentity, target: Target, opts: E2EOptions,
                   questions: list[tuple[str, bytes]], result: E2EResult, t0: float, progress: Progress) -> None:
     await asyncio.sleep(index * opts.stagger_ms / 1000)
-    dev = SimDevice(identity=identity)
+    dev = SimDevice(identity=identity, decode_replies=opts.decode_replies)
     steps = opts.prompts + opts.typed + (1 if opts.abort_trial else 0)
     try:
         try:

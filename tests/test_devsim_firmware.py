@@ -68,6 +68,19 @@ async def test_audio_counts_only_while_speaking(opus_60ms: bytes) -> None:
     assert fw.audio.playback.drained_at() == pytest.approx(clock.now + 0.18)
 
 
+async def test_a_device_that_only_times_replies_plays_them_without_decoding(opus_60ms: bytes) -> None:
+    fw, clock, _ = make(decode_replies=False)
+    await fw.on_frame(HELLO)
+    fw.audio.listening("auto")
+    await fw.on_frame(json.dumps({"type": "tts", "state": "start"}))
+    for _ in range(3):
+        await fw.on_frame(pack(1, opus_60ms))
+    accepted = [e for e in fw.events if e.accepted]
+    # Same playback model and timing (what the load ramp measures), no PCM.
+    assert len(accepted) == 3 and all(e.pcm is None and e.duration_ms == 60 for e in accepted)
+    assert fw.audio.playback.drained_at() == pytest.approx(clock.now + 0.18)
+
+
 async def test_state_changes_wait_for_the_main_loop() -> None:
     fw, clock, _ = make(state_change_delay_ms=50)
     fw.audio.listening("manual")

@@ -23,6 +23,10 @@ class DeviceConfig:
     auto_relisten: bool = True  # auto mode: send listen start again once playback drained
     state_change_delay_ms: float = 0.0  # the firmware applies tts start/stop on its main loop
     decode_queue_capacity: int = MAX_DECODE_PACKETS_IN_QUEUE
+    # Decode each reply frame the device plays (its PCM lands in TurnResult.reply_pcm). A load
+    # test that only times frames turns it off: with 80 devices the tester's own Opus decoding
+    # was a third of its event loop, and its lag read as the server's jitter.
+    decode_replies: bool = True
     tools: Sequence[McpTool] | None = None  # replaces the default MCP tools
     extra_tools: Sequence[McpTool] = ()  # appended after the default tools
     volume: int = 70

@@ -286,6 +286,8 @@ class Firmware:
             return
         event.accepted = True
         event.play_end = self.audio.playback.drained_at()
+        if not self.config.decode_replies:
+            return
         try:
             event.pcm = self.audio.decode(frame.payload)
         except ValueError as exc:
