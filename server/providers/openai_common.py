@@ -1,14 +1,14 @@
-"""What the OpenAI-compatible LLM, ASR, TTS and vision clients share: the `AsyncOpenAI` client and
-the mapping of SDK/network errors to ProviderErrors that name the cause. The retry policy they
-follow is the providers' common one (retry.py).
+"""What the OpenAI-compatible LLM, ASR, TTS and vision clients share: the provider life cycle
+with its aiohttp session, the event-stream reader, and the mapping of HTTP, network and SDK
+errors to ProviderErrors that name the cause. The retry policy they follow is the providers'
+common one (retry.py).
 
-Nothing here imports `openai` or `httpx2` at module level: configuring an embedded-only server
-must not pay for (or require) the SDK, so those imports happen inside the functions.
+Nothing here imports `openai`, `httpx2` or `aiohttp` at module level: configuring an
+embedded-only server must not pay for them, so those imports happen inside the functions.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -159,13 +159,6 @@ def request_headers(api_key: str, extra: dict[str, str] | None = None) -> dict[s
     return headers
 
 
-def _resolve_resources(client: Any) -> None:
-    for path in ("chat.completions", "audio.speech", "audio.transcriptions"):
-        obj = client
-        for name in path.split("."):
-            obj = getattr(obj, name)
-
-
 class ClientSettings(Protocol):
     """The settings fields OpenAIClientProvider relies on (each provider's model has them)."""
 
@@ -176,21 +169,24 @@ class ClientSettings(Protocol):
 
 
 class OpenAIClientProvider(Provider):
-    """Life cycle of the three providers: one `AsyncOpenAI` client, made at load and shared by
-    every session (its connection pool is the point), closed with the provider."""
+    """Life cycle of the OpenAI-compatible LLM, ASR and TTS providers: one aiohttp session (its
+    connection pool is the point), made on first use and shared by every session, closed with
+    the provider. They speak plain HTTP rather than going through the `openai` SDK, which cost
+    several ms of event-loop CPU per request and a pydantic object per streamed token (see
+    plain_session); the SDK stays for the vision endpoint (server/providers/openai_vision.py)."""
 
     settings: ClientSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._client: Any = None
-        self._http: Any = None  # aiohttp.ClientSession for plain requests (see plain_session)
+        self._loaded = False
+        self._http: Any = None  # aiohttp.ClientSession (see plain_session)
 
     def plain_session(self) -> Any:
-        """An aiohttp session for endpoints simple enough to call without the SDK. The SDK costs
-        about 9 ms of event-loop CPU per streamed request more than aiohttp (11.4 against 2.3 ms
-        for a streamed chat answer from the fake server, both sides counted): with a TTS request
-        per sentence of every talking device, that adds up on the one loop all devices share."""
+        """The provider's aiohttp session. The SDK cost about 9 ms of event-loop CPU per
+        streamed request more than aiohttp (11.4 against 2.3 ms for a streamed chat answer from
+        the fake server, both sides counted, `python -m bench.http_cost`): with requests from
+        every talking device, that adds up on the one loop all devices share."""
         if self._http is None:
             import aiohttp
 
@@ -205,23 +201,13 @@ class OpenAIClientProvider(Provider):
         return headers
 
     async def load(self) -> None:
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise ProviderUnavailable(f"{self.kind}.openai: pip install openai") from None
-        s = self.settings
-        try:
-            self._client = make_client(s.base_url, s.api_key, s.timeout_s)
-        except ProviderUnavailable as exc:
-            raise ProviderUnavailable(f"{self.name}: {exc}") from None
-        # The SDK imports each API's modules on first use (about 0.1-1.5 s, holding the event
-        # loop): done here, at startup, so the first turn does not stall every device.
-        await asyncio.to_thread(_resolve_resources, self._client)
+        base_url = self.settings.base_url
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ProviderUnavailable(f"{self.name}: base_url must start with http:// or https://, got {base_url!r}")
+        self._loaded = True
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        self._loaded = False
         if self._http is not None:
             http, self._http = self._http, None
             await http.close()
@@ -231,10 +217,5 @@ class OpenAIClientProvider(Provider):
         return f"{self.name} ({self.settings.model} at {self.settings.base_url})"
 
     def _check_loaded(self) -> None:
-        if self._client is None:
+        if not self._loaded:
             raise ProviderError(self.name, "not loaded")
-
-    def _error(self, exc: BaseException) -> OpenAIProviderError:
-        """`provider_error` for this provider's name, host and timeout."""
-        s = self.settings
-        return provider_error(self.name, exc, s.base_url, s.timeout_s)
