@@ -41,9 +41,15 @@ class OpenAIVision:
     _client: Any = field(default=None, init=False, repr=False)
     name: ClassVar[str] = "vision.openai"
 
-    def _openai(self) -> Any:
+    async def _openai(self) -> Any:
         if self._client is None:
-            self._client = make_client(self.base_url, self.api_key, self.timeout_s)
+            # Made on a thread: the SDK imports its modules on first use (0.1-1.5 s), which on the
+            # event loop would stall every device's audio for that long.
+            client = await asyncio.to_thread(_client_with_resources, self.base_url, self.api_key, self.timeout_s)
+            if self._client is None:
+                self._client = client
+            else:  # another request made one meanwhile
+                await client.close()
         return self._client
 
     async def describe(self, question: str, image: bytes, mime: str) -> str:
@@ -59,7 +65,7 @@ class OpenAIVision:
         ]})
         where = f"model {self.model} at {self.base_url}"
         try:
-            client = self._openai()
+            client = await self._openai()
             response = await asyncio.wait_for(client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=self.max_tokens,
                 extra_headers=request_headers(self.api_key) or None), self.timeout_s + 2)
@@ -88,3 +94,9 @@ class OpenAIVision:
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
+
+
+def _client_with_resources(base_url: str, api_key: str, timeout_s: float) -> Any:
+    client = make_client(base_url, api_key, timeout_s)
+    _ = client.chat.completions  # resolve the lazily imported API modules here, off the loop
+    return client
