@@ -43,6 +43,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 USER = "3333333333"
 SCALE = 0.05  # the fake speakers talk 20x faster than real ones, and the bridge is told so
+# Speaker requests that only read its state.
+STATUS_READS = frozenset({"player_get_play_status"})
 TTL = 2.0  # state.lease_ttl_s (the smallest allowed): takeover in about this time
 POLL = 0.2
 # A waiting process retries every TTL/3; the new holder then lists the speakers and polls.
@@ -197,8 +199,13 @@ async def test_frozen_holder_is_replaced_and_refused_when_it_wakes(
     await asyncio.sleep(TTL + 1)  # the stale process runs again: it must not touch the speaker
     # (A status read it had on the wire when it froze may land just after frozen_at: count from
     # the takeover, when the other process owns the speaker.)
-    stale_commands = [c for c in sp.commands if c.client == client_of(stale) and c.at >= frozen_at + took]
-    assert stale_commands == [], "nothing from the stale holder after the takeover"
+    stale_after = [c for c in sp.commands if c.client == client_of(stale) and c.at >= frozen_at + took]
+    # A status read that had passed its fence check when the process froze is sent when it wakes
+    # (reads check only the lease deadline, and a checked request cannot be recalled; fence.py).
+    # It changes nothing on the speaker. A command must never come.
+    stale_commands = [c for c in stale_after if c.name not in STATUS_READS]
+    assert stale_commands == [], "no command from the stale holder after the takeover"
+    assert len(stale_after) - len(stale_commands) <= 1, stale_after
     assert asked(llm, "卧室的灯开了吗") == 1
     assert pollers(cloud, sp, since=time.monotonic() - 1) == {client_of(other)}
     # It noticed: its lease term lapsed (and any action it still tried was refused by the fence).
