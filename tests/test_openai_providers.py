@@ -645,3 +645,18 @@ def test_chunk_that_is_not_json_or_an_error_is_a_provider_error() -> None:
     with pytest.raises(ProviderError, match="overloaded"):
         parse_chunk('{"error": {"message": "overloaded"}}', "llm.openai", "http://x")
     assert parse_chunk('{"choices": []}', "llm.openai", "http://x") == {"choices": []}
+
+
+def test_proxy_from_the_environment_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy aiohttp's trust_env would use, found once at load instead of per request."""
+    from server.providers.openai_common import env_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("https://api.deepseek.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@10.0.0.2:7890")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,.lan")
+    assert env_proxy("https://api.deepseek.com/v1") == "http://user:pw@10.0.0.2:7890"
+    assert env_proxy("http://127.0.0.1:11434/v1") is None  # plain http has no proxy set, and NO_PROXY
+    assert env_proxy("https://llm.lan/v1") is None

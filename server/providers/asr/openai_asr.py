@@ -111,7 +111,7 @@ class OpenAIASR(OpenAIClientProvider):
         s = self.settings
         url = s.base_url.rstrip("/") + "/audio/transcriptions"
         try:
-            async with asyncio.timeout(s.timeout_s), self.plain_session().post(
+            async with asyncio.timeout(s.timeout_s), self.post(
                     url, data=self.form(wav), headers=self.plain_headers({"Accept": "application/json"})) as resp:
                 body = await resp.read()
                 if resp.status >= 400:

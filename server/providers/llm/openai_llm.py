@@ -154,7 +154,7 @@ class OpenAILLM(OpenAIClientProvider):
         try:
             # No yield happens inside a timeout block: the deadline only covers our own awaits.
             async with asyncio.timeout_at(deadline):
-                response = await self.plain_session().post(url, json=params, headers=headers, timeout=timeout)
+                response = await self.post(url, json=params, headers=headers, timeout=timeout)
                 if response.status >= 400:
                     body = await response.content.read(4096)
                     raise status_error(self.name, response.status, error_body_message(body), s.base_url,

@@ -306,7 +306,7 @@ class OpenAITTS(OpenAIClientProvider):
         url = s.base_url.rstrip("/") + "/audio/speech"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
         try:
-            async with self.plain_session().post(url, json=self.request_params(text), headers=self.plain_headers(),
+            async with self.post(url, json=self.request_params(text), headers=self.plain_headers(),
                                                  timeout=timeout) as resp:
                 if resp.status >= 400:
                     body = await resp.content.read(4096)
