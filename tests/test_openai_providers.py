@@ -660,3 +660,16 @@ def test_proxy_from_the_environment_looked_up_once(monkeypatch: pytest.MonkeyPat
     assert env_proxy("https://api.deepseek.com/v1") == "http://user:pw@10.0.0.2:7890"
     assert env_proxy("http://127.0.0.1:11434/v1") is None  # plain http has no proxy set, and NO_PROXY
     assert env_proxy("https://llm.lan/v1") is None
+
+
+async def test_server_that_ignores_stream_answers_whole(fake: FakeOpenAIServer, make: Factory) -> None:
+    """Some OpenAI-compatible servers answer one JSON completion whatever `stream` says: its text
+    is spoken and its tool calls are made, as from a stream."""
+    llm = await make(OpenAILLM, retries=0)
+    fake.chat_script.append(ChatReply(text="A whole answer.", mode="whole"))
+    text, calls, _ = await collect(llm, ask("hi"))
+    assert text == "A whole answer." and calls == []
+    fake.chat_script.append(ChatReply(mode="whole", tool_calls=[ToolCallSpec("get_weather", {"city": "Paris"})]))
+    text, calls, _ = await collect(llm, ask("weather?", [WEATHER_TOOL]))
+    assert text == "" and [c.name for c in calls] == ["get_weather"]
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}

@@ -66,6 +66,8 @@ class ChatReply:
       stall        send `fail_after` SSE events, then nothing more (socket kept open)
       drop         send `fail_after` SSE events, then cut the TCP connection
       error_event  send `fail_after` SSE events, then an SSE `{"error": ...}` event
+      whole        answer one JSON completion even when a stream was asked for (servers that
+                   ignore `stream`)
     (The first event is the role-only chunk, so `fail_after=1` fails before any content.)
     status: non-200 answers an OpenAI-style error JSON body instead (mode is ignored).
     """
@@ -304,7 +306,7 @@ class FakeOpenAIServer(FakeHTTPServer):
             await self._wait_until_gone(request, rec)
             return web.Response(status=504)
         model = body.get("model") or self.model
-        if not body.get("stream"):
+        if not body.get("stream") or reply.mode == "whole":
             if reply.ttft_s and not await self._sleep_watching(request, rec, reply.ttft_s):
                 return web.Response(status=499)
             rec.completed = True

@@ -151,6 +151,7 @@ class OpenAILLM(OpenAIClientProvider):
         headers = self.plain_headers({"Accept": "text/event-stream", **s.extra_headers})
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
         response: Any = None
+        events: Any = None
         try:
             # No yield happens inside a timeout block: the deadline only covers our own awaits.
             async with asyncio.timeout_at(deadline):
@@ -159,7 +160,14 @@ class OpenAILLM(OpenAIClientProvider):
                     body = await response.content.read(4096)
                     raise status_error(self.name, response.status, error_body_message(body), s.base_url,
                                        retry_after_header(response.headers.get("retry-after")))
-            events = aiter(sse_data(response.content))
+            content_type = response.headers.get("content-type", "").lower()
+            if "json" in content_type and "event-stream" not in content_type:
+                # A server that ignores `stream` answers one JSON completion: read as one chunk.
+                body = (await response.read()).decode("utf-8", "replace")
+                source = _one_chunk(parse_chunk(body, self.name, s.base_url))
+            else:
+                source = sse_data(response.content)
+            events = aiter(source)
             while True:
                 try:
                     if started:
@@ -223,6 +231,8 @@ class OpenAILLM(OpenAIClientProvider):
             raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
                                                  f"{exc}", retryable=True) from exc
         finally:
+            if events is not None:
+                await events.aclose()
             if response is not None:
                 # Closing an unfinished response drops the connection: the server stops generating.
                 response.close()
@@ -242,3 +252,19 @@ def parse_chunk(data: str, name: str, base_url: str) -> dict[str, Any]:
         message = error.get("message") if isinstance(error, dict) else error
         raise OpenAIProviderError(name, f"{base_url} reported an error mid-stream: {message}", retryable=True)
     return chunk
+
+
+async def _one_chunk(completion: dict[str, Any]) -> AsyncIterator[str]:
+    """A whole (non-streamed) completion as the one streamed chunk it amounts to: the message
+    becomes the delta, its tool calls numbered as stream fragments are."""
+    choices = []
+    for choice in completion.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        message = dict(choice.get("message") or {})
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            message["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls) if isinstance(call, dict)]
+        choices.append({"index": choice.get("index", 0), "delta": message,
+                        "finish_reason": choice.get("finish_reason")})
+    yield json.dumps({"choices": choices})
