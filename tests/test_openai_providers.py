@@ -126,6 +126,13 @@ async def test_first_token_delay_within_timeout(fake: FakeOpenAIServer, make: Fa
     assert len(fake.chat_requests()) == 1
 
 
+async def test_extra_headers_are_sent_and_win(fake: FakeOpenAIServer, make: Factory) -> None:
+    llm = await make(OpenAILLM, extra_headers={"X-Tenant": "home", "Authorization": "Token abc"})
+    await collect(llm, ask("hi"))
+    rec = fake.last("/chat/completions")
+    assert rec.headers["X-Tenant"] == "home" and rec.authorization == "Token abc"
+
+
 async def test_no_api_key_sends_no_authorization(fake: FakeOpenAIServer, make: Factory) -> None:
     llm = await make(OpenAILLM, api_key="")
     text, _, _ = await collect(llm, ask("local server"))

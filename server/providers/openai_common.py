@@ -222,9 +222,12 @@ class OpenAIClientProvider(Provider):
         return self.plain_session().post(url, proxy=self.proxy, **kwargs)
 
     def plain_headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        headers = {"Accept": "*/*", **(extra or {})}
+        """Accept, the key as a Bearer token (none without a key), then `extra`, which wins
+        (a vendor that wants its own Authorization scheme sets it in extra_headers)."""
+        headers = {"Accept": "*/*"}
         if self.settings.api_key:
             headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        headers.update(extra or {})
         return headers
 
     async def load(self) -> None:
