@@ -130,6 +130,17 @@ async def sse_data(stream: Any) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
+def network_error(name: str, base_url: str, exc: Exception) -> OpenAIProviderError:
+    """An aiohttp failure (the connection, or a body that broke off) as a retryable ProviderError
+    naming the host; whether a retry happens is the caller's policy (never after output)."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return OpenAIProviderError(name, f"connection to {base_url} broke mid-stream: {exc}", retryable=True)
+    return OpenAIProviderError(name, f"connection to {base_url} failed: {type(exc).__name__}: {exc}",
+                               retryable=True)
+
+
 def retry_after_header(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None

@@ -22,6 +22,7 @@ from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
     error_body_message,
+    network_error,
     retry_after_header,
     status_error,
 )
@@ -123,8 +124,7 @@ class OpenAIASR(OpenAIClientProvider):
             raise OpenAIProviderError(self.name, f"no answer from {s.base_url} within {s.timeout_s:g} s (timeout_s)",
                                       retryable=True) from None
         except aiohttp.ClientError as exc:
-            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
-                                                 f"{exc}", retryable=True) from exc
+            raise network_error(self.name, s.base_url, exc) from exc
         raw = _transcript_text(body)
         text, language, emotion = parse_tags(raw)
         if language is None and s.language and s.language != "auto":

@@ -37,6 +37,7 @@ from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
     error_body_message,
+    network_error,
     retry_after_header,
     sse_data,
     status_error,
@@ -224,12 +225,8 @@ class OpenAILLM(OpenAIClientProvider):
                            "(first_token_timeout_s)", retryable=True) from None
         except OpenAIProviderError:
             raise
-        except aiohttp.ClientPayloadError as exc:  # the body broke off
-            raise OpenAIProviderError(self.name, f"connection to {s.base_url} broke mid-answer: {exc}",
-                                      retryable=True) from exc
         except aiohttp.ClientError as exc:
-            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
-                                                 f"{exc}", retryable=True) from exc
+            raise network_error(self.name, s.base_url, exc) from exc
         finally:
             if events is not None:
                 await events.aclose()

@@ -29,6 +29,7 @@ from server.providers.openai_common import (
     OpenAIClientProvider,
     OpenAIProviderError,
     error_body_message,
+    network_error,
     retry_after_header,
     status_error,
 )
@@ -337,11 +338,7 @@ class OpenAITTS(OpenAIClientProvider):
         except TimeoutError as exc:
             raise OpenAIProviderError(self.name, f"{s.base_url} timed out: nothing for {s.timeout_s:g} s "
                                                  "(timeout_s)", retryable=True) from exc
-        except aiohttp.ClientPayloadError as exc:  # the body broke off
-            raise OpenAIProviderError(self.name, f"audio stream from {s.base_url} broke: {exc}",
-                                      retryable=True) from exc
         except aiohttp.ClientError as exc:
-            raise OpenAIProviderError(self.name, f"connection to {s.base_url} failed: {type(exc).__name__}: "
-                                                 f"{exc}", retryable=True) from exc
+            raise network_error(self.name, s.base_url, exc) from exc
         if total == 0:
             raise OpenAIProviderError(self.name, f"{s.base_url} sent no audio for {text[:40]!r}", retryable=True)
