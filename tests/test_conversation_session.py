@@ -27,8 +27,12 @@ class RecordingConnection:
         self.frames: list[bytes] = []
         self.changed = asyncio.Event()
         self.closed: tuple[int, str] | None = None
+        self.gate: asyncio.Event | None = None  # when set: text sends wait for it
+        self.incoming: asyncio.Queue[str | None] = asyncio.Queue()  # what the session receives
 
     async def send_text(self, text: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         self.texts.append(decode_message(text))  # every message must parse as the protocol says
         self.changed.set()
 
@@ -58,7 +62,7 @@ async def session(tmp_path: Path) -> AsyncIterator[tuple[Session, RecordingConne
                         codec_pool=concurrent.futures.ThreadPoolExecutor(max_workers=1))
     conn = RecordingConnection()
     s = Session(services, conn, DeviceInfo(device_id="aa:bb:cc:dd:ee:ff"))
-    incoming: asyncio.Queue[str | None] = asyncio.Queue()
+    incoming = conn.incoming
 
     async def frames() -> AsyncIterator[str]:
         while (item := await incoming.get()) is not None:
@@ -104,3 +108,20 @@ async def test_abort_answers_one_tts_stop_with_or_without_a_reply(session) -> No
     sent = len(conn.frames)
     await asyncio.sleep(0.1)
     assert len(conn.frames) == sent  # and not one more frame of it
+
+
+async def test_audio_is_taken_from_the_socket_only_while_the_receive_loop_waits(session) -> None:
+    """Session.take_audio_frame (audio handed over from the socket callback) must keep the order
+    frames came in: while the receive loop is still handling a message, a frame is refused and
+    takes the queue behind it."""
+    s, conn, _ = session
+    packet = b"\x08" + bytes(60)  # an Opus packet (v1 framing: the frame is the packet)
+    assert s.take_audio_frame(packet)  # the loop waits: handled now
+    conn.gate = asyncio.Event()
+    conn.incoming.put_nowait('{"type":"ping"}')  # its pong waits at the gate
+    await asyncio.sleep(0.05)
+    assert not s.take_audio_frame(packet)  # mid-message: left to the loop, in order
+    conn.gate.set()
+    await conn.until(lambda: any(m.TYPE == "pong" for m in conn.texts))
+    await asyncio.sleep(0)
+    assert s.take_audio_frame(packet)
