@@ -187,6 +187,7 @@ class DeviceServer:
             proxied_slot: str | None = None
             refused = False
             take_audio_frame: Callable[[bytes], bool] | None = None  # set by the handler
+            frame_limit: int | None = None  # websockets' size limit, read once by the handler
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 peer = transport.get_extra_info("peername")
@@ -213,7 +214,7 @@ class DeviceServer:
                         and at_frame_boundary(self.protocol):
                     # Plain microphone frames at the front of the chunk skip websockets' parser
                     # (server/transport/fast_frames.py); the rest goes the usual way, in order.
-                    used = take_frames(data, self._take, size_limit(self.protocol))
+                    used = take_frames(data, self._take, self.frame_limit)
                     if used == len(data):
                         return
                     data = data[used:]
@@ -326,6 +327,7 @@ class DeviceServer:
         endpoint = WsEndpoint(connection, limits.max_pending_sends, limits.send_timeout_s, overflow)
         session = Session(self.services, endpoint, info)
         if _queued_frames(connection) is not None:
+            connection.frame_limit = size_limit(connection.protocol)  # type: ignore[attr-defined]
             connection.take_audio_frame = session.take_audio_frame  # type: ignore[attr-defined]
         try:
             await session.run(connection)
